@@ -1,0 +1,53 @@
+# Two commands do all setup on a fresh machine (see README):
+#   make quickstart   # venv + install, then `llmtrain run examples/quickstart.yaml`
+#   make test         # venv + install, then lint, types, import layers and the whole test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test lint typecheck layers pytest crd bench controlplane clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -c constraints.txt -e ".[train,test]"
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/llmtrain run examples/quickstart.yaml --workdir runs/quickstart
+
+test: lint typecheck layers pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/llmtrain crd --check
+
+# mypy and import-linter read a built copy: neither follows setuptools' editable finder,
+# which is what maps operator/ -> llmtrain.operator.
+.build/typecheck/.stamp: $(STAMP) $(shell find operator trainer -name '*.py')
+	rm -rf .build/typecheck
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps --target .build/typecheck .
+	touch $@
+
+typecheck: .build/typecheck/.stamp
+	cd .build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml \
+		-p llmtrain.operator -p llmtrain.trainer.config
+
+layers: .build/typecheck/.stamp
+	PYTHONPATH=.build/typecheck $(BIN)/lint-imports pyproject.toml
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+crd: $(STAMP)
+	$(BIN)/llmtrain crd
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+controlplane:
+	bash tests/controlplane/build.sh
+
+clean:
+	rm -rf .build runs

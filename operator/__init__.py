@@ -1,0 +1,1 @@
+"""Operator side of llmtrain: API types, builders, state machine and kopf handlers."""

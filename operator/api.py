@@ -1,0 +1,402 @@
+"""The `LLMTrainingJob` API (llmtrain.io/v1alpha1): the one source of truth.
+
+Parse once at the edge, then pass typed models around:
+
+    job = parse_job(yaml.safe_load(text))        # raises SpecError listing every problem
+    for p in validate_job(doc): print(p)        # or collect `Problem`s without raising
+
+`llmtrain crd` turns these models into `crds/llmtrainingjobs.yaml` (see `crd.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict, Field, ValidationError
+
+from llmtrain.trainer.config import (
+    CheckpointSpec,
+    DistributedSpec,
+    Model,
+    ModelSpec,
+    SecretKeyRef,
+    StageSpec,
+    StageType,
+    cel,
+)
+
+GROUP = "llmtrain.io"
+VERSION = "v1alpha1"
+KIND = "LLMTrainingJob"
+PLURAL = "llmtrainingjobs"
+SINGULAR = "llmtrainingjob"
+SHORT_NAMES = ["llmtj"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Quantities such as "8", "500m", "64Gi"; the apiserver stores them as int-or-string.
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+QUANTITY_SCHEMA: dict[str, Any] = {"x-kubernetes-int-or-string": True, "pattern": QUANTITY}
+
+
+class Toleration(Model):
+    key: str | None = Field(None, description="Taint key to tolerate.")
+    operator: str | None = Field(None, description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value for Equal.")
+    effect: str | None = Field(None, description="NoSchedule, PreferNoSchedule or NoExecute.")
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is ok.")
+
+
+class EnvVar(Model):
+    name: str = Field(min_length=1, description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    secret_key_ref: SecretKeyRef | None = Field(None, description="Take the value from a Secret.")
+
+
+class Resources(Model):
+    workers: int = Field(1, ge=1, le=512, description="Pods per stage; rank 0 is the Ray head.")
+    gpus_per_worker: int = Field(1, ge=0, le=16, description="`nvidia.com/gpu` per pod.")
+    cpu: int | str = Field(
+        "8", description="CPU request and limit per pod.", json_schema_extra=QUANTITY_SCHEMA
+    )
+    memory: int | str = Field(
+        "64Gi", description="Memory request and limit per pod.", json_schema_extra=QUANTITY_SCHEMA
+    )
+    shm_size: str = Field("16Gi", pattern=QUANTITY, description="Size of /dev/shm (NCCL, Ray).")
+    image: str | None = Field(
+        None, description="Trainer image. Defaults to the operator's configured trainer image."
+    )
+    image_pull_policy: str | None = Field(None, description="Always, IfNotPresent or Never.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Pod tolerations.")
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="Pod affinity (core/v1 Affinity).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(None, description="Pod priorityClassName.")
+    scheduler_name: str | None = Field(
+        None, description="Pod schedulerName, e.g. a gang scheduler."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod labels, e.g. kueue.x-k8s.io/queue-name."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
+    pod_template: dict[str, Any] | None = Field(
+        None,
+        description="Strategic-merge override applied last to every pod (metadata and spec).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class ObjectStore(Model):
+    uri: str = Field(
+        pattern=r"^(s3|gs|az)://.+", description="Bucket URI for checkpoints and outputs."
+    )
+    endpoint: str | None = Field(None, description="Custom S3 endpoint (MinIO, Ceph).")
+    access_key_id: SecretKeyRef | None = Field(None, description="Secret with the access key id.")
+    secret_access_key: SecretKeyRef | None = Field(None, description="Secret with the secret key.")
+
+
+class PVCStorage(Model):
+    claim_name: str = Field(min_length=1, description="PersistentVolumeClaim shared by all pods.")
+    sub_path: str | None = Field(None, description="Directory inside the volume.")
+
+
+class Storage(Model):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("!(has(self.pvc) && has(self.objectStore))", "set pvc or objectStore, not both"),
+        )
+    )
+
+    pvc: PVCStorage | None = Field(None, description="Shared volume for checkpoints and outputs.")
+    object_store: ObjectStore | None = Field(None, description="Object store for outputs.")
+    mount_path: str = Field("/storage", pattern=r"^/", description="Where workers mount storage.")
+
+
+class RunPolicy(Model):
+    backoff_limit: int = Field(3, ge=0, description="Retries of a stage before the job fails.")
+    active_deadline_seconds: int | None = Field(
+        None, gt=0, description="Fail the job when it runs longer than this."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it finishes."
+    )
+    stall_timeout_seconds: int | None = Field(
+        1800, gt=0, description="Restart an attempt whose step has not advanced for this long."
+    )
+
+
+class Monitoring(Model):
+    metrics_port: int = Field(9400, ge=1024, le=65535, description="Driver /metrics port.")
+
+
+_IMMUTABLE = ("model", "stages", "resources", "distributed", "storage", "checkpointing")
+
+
+class LLMTrainingJobSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
+                "stage names must be unique",
+            ),
+            *(
+                (
+                    f"oldSelf.suspend == true || self.{f} == oldSelf.{f}",
+                    f"{f} is immutable while the job is not suspended",
+                )
+                for f in _IMMUTABLE
+            ),
+        )
+    )
+
+    model: ModelSpec = Field(description="Base model, tokenizer and loading options.")
+    stages: list[StageSpec] = Field(
+        min_length=1, max_length=16, description="Stages, run in order; each feeds the next."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Pods of each stage.")
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="Data-parallel backend."
+    )
+    storage: Storage = Field(default_factory=Storage, description="Checkpoints and outputs.")
+    checkpointing: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="How often to checkpoint."
+    )
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries and limits.")
+    suspend: bool = Field(
+        False, description="Remove the pods (after a checkpoint) and create none (Kueue)."
+    )
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Metrics.")
+
+
+class Phase(StrEnum):
+    Pending = "Pending"
+    Initializing = "Initializing"
+    Running = "Running"
+    Restarting = "Restarting"
+    Suspended = "Suspended"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class Condition(Model):
+    type: str = Field(description="Condition type, e.g. Running, Succeeded, Failed.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="Machine-readable CamelCase reason.")
+    message: str = Field("", description="Human-readable details.")
+    last_transition_time: str | None = Field(None, description="When status last changed.")
+
+
+class Progress(Model):
+    step: int = Field(0, ge=0, description="Optimizer steps done.")
+    total_steps: int = Field(0, ge=0, description="Optimizer steps planned.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    eval_loss: float | None = Field(None, description="Latest evaluation loss.")
+    tokens_per_second: float | None = Field(None, description="Recent throughput.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds left in the stage.")
+    epoch: float | None = Field(None, description="Fractional epoch.")
+
+
+class StageStatus(Model):
+    name: str = Field(description="Stage name.")
+    phase: Phase = Field(Phase.Pending, description="Phase of this stage.")
+    attempt: int = Field(0, ge=0, description="Current attempt, starting at 1.")
+    restarts: int = Field(0, ge=0, description="Attempts that failed and were retried.")
+    start_time: str | None = Field(None, description="When the first attempt started.")
+    completion_time: str | None = Field(None, description="When the stage finished.")
+    progress: Progress = Field(default_factory=Progress, description="Latest progress.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest metric values.")
+    last_checkpoint: str | None = Field(None, description="Newest complete checkpoint.")
+    output: str | None = Field(None, description="Where the stage's final model was written.")
+    message: str | None = Field(None, description="Why the stage is in its phase.")
+
+
+class LLMTrainingJobStatus(Model):
+    phase: Phase = Field(Phase.Pending, description="Phase of the job.")
+    conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
+    current_stage: str | None = Field(None, description="Stage running now.")
+    stages: list[StageStatus] = Field(default_factory=list, description="Per-stage status.")
+    progress: str | None = Field(None, description="Current stage progress, e.g. '120/400'.")
+    loss: float | None = Field(None, description="Latest training loss of the current stage.")
+    observed_generation: int | None = Field(None, description="Spec generation last acted on.")
+    start_time: str | None = Field(None, description="When the job started running.")
+    completion_time: str | None = Field(None, description="When the job finished.")
+
+
+class ObjectMeta(Model):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Job name; a DNS label, used in pod names.",
+    )
+    namespace: str | None = Field(None, description="Namespace.")
+
+
+class LLMTrainingJob(Model):
+    api_version: str = Field(API_VERSION, pattern=f"^{re.escape(API_VERSION)}$")
+    kind: str = Field(KIND, pattern=f"^{KIND}$")
+    metadata: ObjectMeta
+    spec: LLMTrainingJobSpec
+    status: LLMTrainingJobStatus | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecError(ValueError):
+    """A job that does not validate; `problems` lists every one."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+_KEY = re.compile(r"^[A-Za-z_][\w-]*$")
+
+
+def _path(loc: Iterable[int | str], root: str) -> str:
+    out = root
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _KEY.match(part):
+            out += f".{part}"
+        else:  # odd keys (empty, spaces, dots) stay unambiguous
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+_MESSAGES = [
+    (re.compile(r"^Input should be (a valid )?"), "must be "),
+    (re.compile(r"^Extra inputs are not permitted$"), "unknown field"),
+    (re.compile(r"^Field required$"), "required"),
+    (re.compile(r"^String should (have|match)"), r"must \1"),
+    (re.compile(r"^List should have"), "must have"),
+    (re.compile(r"^Value error, "), ""),
+]
+
+
+def _message(raw: str) -> str:
+    for pattern, repl in _MESSAGES:
+        raw = pattern.sub(repl, raw)
+    return raw
+
+
+# Pydantic appends the member type to the location of a failed union branch.
+_UNION_TAGS = {
+    "int": "an integer",
+    "str": "a string",
+    "float": "a number",
+    "bool": "a boolean",
+    "list": "a list",
+    "dict": "a mapping",
+}
+
+
+def _pydantic_problems(e: ValidationError) -> list[Problem]:
+    merged: dict[str, list[str]] = {}
+    for error in e.errors():
+        loc = list(error["loc"])
+        if loc and loc[-1] in _UNION_TAGS:
+            path = _path(loc[:-1], "").lstrip(".")
+            merged.setdefault(path, []).append(_UNION_TAGS[loc[-1]])
+            continue
+        merged.setdefault(_path(loc, "").lstrip(".") or "(document)", []).append(
+            _message(error["msg"])
+        )
+    problems = []
+    for path, messages in merged.items():
+        if all(m in _UNION_TAGS.values() for m in messages):
+            problems.append(Problem(path, "must be " + " or ".join(messages)))
+        else:
+            problems += [Problem(path, m) for m in messages]
+    return problems
+
+
+def _semantic_problems(spec: LLMTrainingJobSpec) -> list[Problem]:
+    """Cross-field rules that a schema cannot state (or that CEL states too)."""
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    reward_stages = set()
+    for i, st in enumerate(spec.stages):
+        at = f"spec.stages[{i}]"
+        if st.name in seen:
+            out.append(Problem(f"{at}.name", f"duplicate stage name {st.name!r}"))
+        for block in ("dpo", "ppo", "grpo"):
+            if getattr(st, block) is not None and st.type != block:
+                out.append(Problem(f"{at}.{block}", f"only allowed when type is {block}"))
+        refs = [("inputModel", st.input_model)]
+        if st.ppo:
+            refs.append(("ppo.rewardModel", st.ppo.reward_model))
+        if st.grpo and st.grpo.reward_model:
+            refs.append(("grpo.rewardModel", st.grpo.reward_model))
+        for field, ref in refs:
+            if ref is None:
+                continue
+            if (ref.from_stage is None) == (ref.path is None):
+                out.append(Problem(f"{at}.{field}", "set exactly one of fromStage or path"))
+            elif ref.from_stage is not None and ref.from_stage not in seen:
+                out.append(
+                    Problem(f"{at}.{field}.fromStage", f"no earlier stage named {ref.from_stage!r}")
+                )
+            elif field != "inputModel" and ref.from_stage and ref.from_stage not in reward_stages:
+                out.append(
+                    Problem(f"{at}.{field}.fromStage", f"{ref.from_stage!r} is not a reward stage")
+                )
+        if st.type == StageType.ppo and st.ppo is None:
+            out.append(Problem(f"{at}.ppo", "required for ppo stages (ppo.rewardModel)"))
+        if st.type == StageType.grpo:
+            g = st.grpo
+            if g is None or (g.reward_model is None and not g.reward_functions):
+                out.append(Problem(f"{at}.grpo", "needs rewardModel or rewardFunctions"))
+        if st.type in (StageType.dpo, StageType.reward) and st.dataset.format != "preference":
+            out.append(Problem(f"{at}.dataset.format", f"{st.type} stages need preference data"))
+        if st.type in (StageType.ppo, StageType.grpo) and st.dataset.format != "prompt-only":
+            out.append(Problem(f"{at}.dataset.format", f"{st.type} stages need prompt-only data"))
+        if st.type == StageType.pretrain and st.dataset.format != "text":
+            out.append(Problem(f"{at}.dataset.format", "pretrain stages need text data"))
+        if i == 0 and st.input_model is None and not (spec.model.source or spec.model.architecture):
+            out.append(Problem("spec.model", "set source or architecture"))
+        seen[st.name] = i
+        if st.type == StageType.reward:
+            reward_stages.add(st.name)
+    return out
+
+
+def validate_job(doc: Any) -> list[Problem]:
+    """Every problem in a job document, in document order; empty when valid."""
+    try:
+        parse_job(doc)
+    except SpecError as e:
+        return e.problems
+    return []
+
+
+def parse_job(doc: Any) -> LLMTrainingJob:
+    """Parse and fully validate a job document, or raise SpecError with all problems."""
+    if not isinstance(doc, dict):
+        raise SpecError([Problem("(document)", "must be a mapping (an LLMTrainingJob object)")])
+    try:
+        job = LLMTrainingJob.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(_pydantic_problems(e)) from None
+    problems = _semantic_problems(job.spec)
+    if problems:
+        raise SpecError(problems)
+    return job

@@ -1,0 +1,169 @@
+"""The `llmtrain` command line: one entry point for users, pods and the operator.
+
+    llmtrain validate job.yaml          # every problem, one line each, non-zero exit
+    llmtrain crd [--check]              # regenerate (or verify) crds/ and docs/api.md
+
+Trainer commands import the trainer lazily inside their functions, so the operator
+image (no torch) can run every other command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.text import Text
+
+from llmtrain.operator import api
+
+app = typer.Typer(
+    name="llmtrain",
+    help="Train LLMs on Kubernetes, or on one machine: pretrain, SFT, reward, DPO, PPO, GRPO.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            out.print(f"llmtrain {version('llmtrain')}")
+        except PackageNotFoundError:  # pragma: no cover - running from an unpacked tree
+            out.print("llmtrain (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Train LLMs on Kubernetes, or on one machine."""
+
+
+@dataclass
+class Loaded:
+    label: str
+    job: api.LLMTrainingJob | None
+    problems: list[str]
+
+
+def load_jobs(path: Path) -> list[Loaded]:
+    """Every LLMTrainingJob document in a (multi-document) YAML file, parsed or with problems.
+
+    Documents of other kinds (a Secret next to the job, say) are skipped.
+    """
+    try:
+        text = path.read_text()
+    except OSError as e:
+        return [Loaded(str(path), None, [f"cannot read: {e.strerror}"])]
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        return [Loaded(f"{path}{where}", None, [f"invalid YAML: {getattr(e, 'problem', e)}"])]
+    results = []
+    for i, doc in enumerate(docs):
+        label = f"{path}" if len(docs) == 1 else f"{path}#{i + 1}"
+        if isinstance(doc, dict) and doc.get("kind") not in (None, api.KIND):
+            continue
+        try:
+            results.append(Loaded(label, api.parse_job(doc), []))
+        except api.SpecError as e:
+            results.append(Loaded(label, None, [str(p) for p in e.problems]))
+    if not results:
+        results.append(Loaded(str(path), None, [f"no {api.KIND} document found"]))
+    return results
+
+
+def load_one(path: Path) -> api.LLMTrainingJob:
+    """The single job in `path`, or print its problems and exit 1."""
+    loaded = load_jobs(path)
+    if len(loaded) != 1:
+        _fail([f"{path}: expected one {api.KIND}, found {len(loaded)}"])
+    if loaded[0].job is None:
+        _fail([f"{loaded[0].label}: {p}" for p in loaded[0].problems])
+    assert loaded[0].job is not None
+    return loaded[0].job
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        err.print(Text("error ", style="red") + Text(line))
+    raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Job manifests (multi-document YAML).")],
+) -> None:
+    """Check job manifests and print every problem with its field path."""
+    problems: list[str] = []
+    count = 0
+    for path in files:
+        for item in load_jobs(path):
+            problems += [f"{item.label}: {p}" for p in item.problems]
+            count += item.job is not None
+    if problems:
+        _fail(problems + [f"{len(problems)} problem(s) found"])
+    out.print(f"{count} job(s) valid")
+
+
+@app.command()
+def crd(
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail if the committed files differ.")
+    ] = False,
+    root: Annotated[Path, typer.Option(help="Project root to write into.")] = Path("."),
+    stdout: Annotated[bool, typer.Option("--stdout", help="Print the CRD instead.")] = False,
+) -> None:
+    """Generate crds/llmtrainingjobs.yaml (and the chart's copy) and docs/api.md."""
+    from llmtrain.operator import crd as gen
+
+    if stdout:
+        out.print(gen.crd_yaml(), end="", markup=False)
+        return
+    files = generated_files(root)
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    if check:
+        if stale:
+            _fail([f"{p}: out of date; run `llmtrain crd`" for p in stale])
+        out.print("generated files are up to date")
+        return
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(files[path])
+        out.print(f"wrote {path}")
+
+
+def generated_files(root: Path) -> dict[Path, str]:
+    from llmtrain.operator import crd as gen
+
+    text = gen.crd_yaml()
+    files = {
+        root / "crds" / "llmtrainingjobs.yaml": text,
+        root / "docs" / "api.md": gen.api_markdown(),
+    }
+    chart = root / "charts" / "llmtrain"
+    if chart.is_dir():
+        files[chart / "crds" / "llmtrainingjobs.yaml"] = text
+    return files
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return app(args=argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

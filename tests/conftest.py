@@ -1,0 +1,29 @@
+"""Shared fixtures: the repo root and the `llmtrain` CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, **env: str):
+    """Run `llmtrain ARGS` as users do: a separate process, real exit code and output."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "llmtrain"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )

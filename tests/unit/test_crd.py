@@ -1,0 +1,90 @@
+"""The generated CRD: committed copies match the generator, and the schema is structural."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from llmtrain.operator import cli, crd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_files_match_the_generator() -> None:
+    files = cli.generated_files(ROOT)
+    assert ROOT / "crds" / "llmtrainingjobs.yaml" in files
+    drifted = [str(p) for p, text in files.items() if not p.exists() or p.read_text() != text]
+    assert drifted == [], "run `llmtrain crd`"
+
+
+def _walk(node, path="openAPIV3Schema"):
+    yield path, node
+    for name, sub in (node.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def schema() -> dict:
+    doc = yaml.safe_load((ROOT / "crds" / "llmtrainingjobs.yaml").read_text())
+    assert doc["spec"]["names"]["shortNames"] == ["llmtj"]
+    return doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_schema_is_structural_and_documented() -> None:
+    for path, node in _walk(schema()):
+        assert "anyOf" not in node and "$ref" not in node and "title" not in node, path
+        if node.get("x-kubernetes-int-or-string"):
+            continue
+        assert node.get("type") in {"object", "array", "string", "integer", "number", "boolean"}, (
+            path
+        )
+        if path.count(".") >= 2 and not path.endswith("[]") and "{}" not in path:
+            assert node.get("description"), f"{path} has no description"
+
+
+def test_preserve_unknown_fields_only_where_free_form() -> None:
+    free = sorted(p for p, n in _walk(schema()) if n.get("x-kubernetes-preserve-unknown-fields"))
+    assert free == [
+        "openAPIV3Schema.spec.model.architecture",
+        "openAPIV3Schema.spec.resources.affinity",
+        "openAPIV3Schema.spec.resources.podTemplate",
+    ]
+
+
+def test_enums_bounds_defaults_and_cel_rules_are_in_the_schema() -> None:
+    spec = schema()["properties"]["spec"]
+    stage = spec["properties"]["stages"]["items"]
+    assert stage["properties"]["type"]["enum"] == [
+        "pretrain",
+        "sft",
+        "reward",
+        "dpo",
+        "ppo",
+        "grpo",
+    ]
+    peft = stage["properties"]["peft"]["properties"]
+    assert peft["method"]["enum"] == ["none", "lora", "qlora", "dora"]
+    assert peft["r"]["minimum"] == 0 and peft["r"]["exclusiveMinimum"] is True
+    assert stage["properties"]["hyperparameters"]["properties"]["seed"]["default"] == 42
+    assert spec["properties"]["stages"]["maxItems"] == 16
+    rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
+    assert any("exists_one" in r for r in rules), "unique stage names"
+    assert any("oldSelf" in r for r in rules), "immutability while running"
+
+
+def test_printer_columns() -> None:
+    doc = yaml.safe_load(crd.crd_yaml())
+    cols = [c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert cols == ["Phase", "Stage", "Progress", "Loss", "Age"]
+    assert doc["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_api_reference_lists_nested_fields() -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    for heading in ("## spec.stages[]", "## spec.stages[].peft", "## spec.runPolicy", "## status"):
+        assert heading in text
+    assert "| `learningRate` | number | `2e-05` | Peak learning rate. |" in text

@@ -1,0 +1,1 @@
+"""Trainer side of llmtrain: runs stages on Ray Train; never imports kopf."""

@@ -1,0 +1,1 @@
+"""One module per stage type, each with the same build -> train -> save shape."""
