@@ -343,3 +343,67 @@ class StageConfig(Model):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port of the driver's /metrics; empty disables it."
     )
+
+
+def stage_dir(storage_root: str, job: str, stage: str) -> str:
+    """Where a stage writes everything (docs/contracts.md §3)."""
+    return f"{storage_root.rstrip('/')}/{job}/{stage}"
+
+
+def final_model_dir(storage_root: str, job: str, stage: str) -> str:
+    return f"{stage_dir(storage_root, job, stage)}/final"
+
+
+def resolve_stages(
+    *,
+    job: str,
+    namespace: str,
+    model: ModelSpec,
+    stages: list[StageSpec],
+    storage_root: str,
+    workers: int,
+    distributed: DistributedSpec,
+    checkpointing: CheckpointSpec,
+    metrics_port: int | None,
+) -> list[StageConfig]:
+    """Resolve every stage of a job into the config its worker runs.
+
+    The one place that decides model hand-off, so the operator and the local runner agree:
+    a stage starts from `inputModel` (an earlier stage's `final/` or a path), else from the
+    previous stage's `final/`, else from `spec.model` (a source, or `architecture`).
+    """
+    out: list[StageConfig] = []
+    for i, st in enumerate(stages):
+        ref = st.input_model
+        if ref is not None and ref.path:
+            input_model: str | None = ref.path
+        elif ref is not None and ref.from_stage:
+            input_model = final_model_dir(storage_root, job, ref.from_stage)
+        elif i > 0:
+            input_model = final_model_dir(storage_root, job, stages[i - 1].name)
+        else:
+            input_model = model.source
+        reward = (st.ppo.reward_model if st.ppo else None) or (
+            st.grpo.reward_model if st.grpo else None
+        )
+        reward_model = None
+        if reward is not None:
+            reward_model = reward.path or final_model_dir(
+                storage_root, job, reward.from_stage or ""
+            )
+        out.append(
+            StageConfig(
+                job=job,
+                namespace=namespace,
+                stage=st,
+                model=model,
+                input_model=input_model,
+                reward_model=reward_model,
+                output_dir=stage_dir(storage_root, job, st.name),
+                workers=workers,
+                distributed=distributed,
+                checkpointing=checkpointing,
+                metrics_port=metrics_port,
+            )
+        )
+    return out
