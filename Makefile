@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/llmtrain run examples/quickstart.yaml --workdir runs/quickstart
+	$(BIN)/llmtrain run examples/quickstart.yaml
 
 test: lint typecheck layers pytest
 

@@ -147,6 +147,30 @@ def crd(
         out.print(f"wrote {path}")
 
 
+@app.command()
+def run(
+    job_file: Annotated[Path, typer.Argument(help="LLMTrainingJob manifest.")],
+    workdir: Annotated[
+        Path, typer.Option(help="Local storage: checkpoints, models, logs, report.")
+    ] = Path("runs"),
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per stage.")] = 1,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve the driver's Prometheus metrics on this port.")
+    ] = None,
+) -> None:
+    """Run a whole job on this machine, stage by stage; re-run to resume."""
+    job = load_one(job_file)
+    from llmtrain.trainer.pipeline import RunError, run_job
+
+    try:
+        job_dir = run_job(job, job_file, workdir, workers=workers, metrics_port=metrics_port)
+    except RunError as e:
+        for line in e.lines:
+            err.print(Text(line))
+        raise typer.Exit(e.code) from None
+    out.print(f"done: {job_dir}")
+
+
 def generated_files(root: Path) -> dict[Path, str]:
     from llmtrain.operator import crd as gen
 

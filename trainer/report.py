@@ -1,0 +1,129 @@
+"""The run report written at the end of `llmtrain run`: report.json, report.md, loss plots.
+
+    write_report(job_dir, stage_configs)
+
+Reads only the stage directories (docs/contracts.md §3), so it also works on a finished
+cluster job's storage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmtrain.trainer.config import StageConfig
+
+
+def _history(stage_dir: Path) -> list[dict[str, Any]]:
+    path = stage_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by an interrupted run
+    return rows
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    points = {int(r["step"]): float(r[key]) for r in rows if key in r and "step" in r}
+    return sorted(points.items())
+
+
+def stage_summary(cfg: StageConfig) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    result = _read(out / "result.json")
+    run = _read(out / "run.json")
+    rows = _history(out)
+    losses = [v for _, v in _series(rows, "loss")]
+    evals = [v for _, v in _series(rows, "eval_loss")]
+    return {
+        "stage": cfg.stage.name,
+        "type": cfg.stage.type,
+        "duration_seconds": round(run["finished"] - run["started"], 1) if run else None,
+        "steps": result.get("steps"),
+        "final_loss": losses[-1] if losses else result.get("final_loss"),
+        "best_loss": min(losses) if losses else result.get("best_loss"),
+        "final_eval_loss": evals[-1] if evals else None,
+        "tokens_per_second": result.get("tokens_per_second"),
+        "output": result.get("output"),
+        "plot": str(out / "loss.png")
+        if plot_loss(cfg.stage.name, rows, out / "loss.png")
+        else None,
+    }
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def plot_loss(name: str, rows: list[dict[str, Any]], path: Path) -> bool:
+    train, evals = _series(rows, "loss"), _series(rows, "eval_loss")
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set(title=f"{name}: loss", xlabel="step", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# (report key, column header, number format)
+_COLUMNS = [
+    ("stage", "stage", ""),
+    ("type", "type", ""),
+    ("duration_seconds", "duration (s)", ".1f"),
+    ("steps", "steps", ""),
+    ("final_loss", "final loss", ".4f"),
+    ("best_loss", "best loss", ".4f"),
+    ("tokens_per_second", "tokens/s", ",.0f"),
+    ("output", "output", ""),
+]
+
+
+def _cell(v: Any, fmt: str) -> str:
+    if v is None:
+        return "-"
+    return format(v, fmt) if fmt and isinstance(v, int | float) else str(v)
+
+
+def write_report(job_dir: Path, configs: list[StageConfig]) -> dict[str, Any]:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    stages = [stage_summary(c) for c in configs]
+    report = {"job": configs[0].job if configs else "", "stages": stages}
+    (job_dir / "report.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Run report: {report['job']}", ""]
+    lines.append("| " + " | ".join(h for _, h, _ in _COLUMNS) + " |")
+    lines.append("|" + " --- |" * len(_COLUMNS))
+    for st in stages:
+        lines.append("| " + " | ".join(_cell(st[k], f) for k, _, f in _COLUMNS) + " |")
+    lines.append("")
+    for s in stages:
+        if s["plot"]:
+            rel = (
+                Path(s["plot"]).relative_to(job_dir)
+                if s["plot"].startswith(str(job_dir))
+                else s["plot"]
+            )
+            lines += [f"## {s['stage']}", "", f"![{s['stage']} loss]({rel})", ""]
+    (job_dir / "report.md").write_text("\n".join(lines))
+    return report
