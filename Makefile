@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint typecheck layers pytest crd bench controlplane clean
+.PHONY: quickstart test lint typecheck layers pytest crd bench controlplane clean tools
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: $(STAMP)
 	$(BIN)/llmtrain run examples/quickstart.yaml
 
-test: lint typecheck layers pytest
+test: tools lint typecheck layers pytest
+
+# prometheus + promtool for tests/monitoring (apt-get, only when promtool is missing).
+tools:
+	bash tests/monitoring/install-prometheus.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
