@@ -149,7 +149,10 @@ class LLMTrainingJobSpec(Model):
             ),
             *(
                 (
-                    f"oldSelf.suspend == true || self.{f} == oldSelf.{f}",
+                    # has(): the optional blocks have no CRD default, and comparing a
+                    # missing field is an error that would reject every status write.
+                    f"oldSelf.suspend == true || (has(self.{f}) == has(oldSelf.{f})"
+                    f" && (!has(self.{f}) || self.{f} == oldSelf.{f}))",
                     f"{f} is immutable while the job is not suspended",
                 )
                 for f in _IMMUTABLE
@@ -212,6 +215,9 @@ class StageStatus(Model):
     start_time: str | None = Field(None, description="When the first attempt started.")
     completion_time: str | None = Field(None, description="When the stage finished.")
     progress: Progress = Field(default_factory=Progress, description="Latest progress.")
+    last_progress_time: str | None = Field(
+        None, description="When the step last advanced (the stall watchdog's clock)."
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest metric values.")
     last_checkpoint: str | None = Field(None, description="Newest complete checkpoint.")
     output: str | None = Field(None, description="Where the stage's final model was written.")

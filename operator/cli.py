@@ -171,6 +171,146 @@ def run(
     out.print(f"done: {job_dir}")
 
 
+@app.command()
+def render(
+    job_file: Annotated[Path, typer.Argument(help="LLMTrainingJob manifest.")],
+    stage: Annotated[
+        str | None, typer.Option(help="Stage to render (default: the first).")
+    ] = None,
+    attempt: Annotated[int, typer.Option(min=1, help="Attempt number in the names.")] = 1,
+    image: Annotated[
+        str | None,
+        typer.Option(envvar="LLMTRAIN_TRAINER_IMAGE", help="Trainer image when the job sets none."),
+    ] = None,
+) -> None:
+    """Print the ConfigMap, Service and pods the operator creates for a stage (YAML)."""
+    from llmtrain.operator import resources
+
+    job = load_one(job_file)
+    names = [s.name for s in job.spec.stages]
+    if stage is not None and stage not in names:
+        _fail([f"{job_file}: no stage {stage!r}; stages are {', '.join(names)}"])
+    if job.metadata.namespace is None:
+        job.metadata.namespace = "default"
+    objs = resources.build_stage_objects(
+        job, stage or names[0], attempt, image or resources.DEFAULT_TRAINER_IMAGE
+    )
+    out.print(resources.to_yaml(objs), end="", markup=False)
+
+
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch this namespace (repeatable)."),
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace (default).")
+    ] = False,
+    trainer_image: Annotated[
+        str | None,
+        typer.Option(envvar="LLMTRAIN_TRAINER_IMAGE", help="Image for jobs that set none."),
+    ] = None,
+    resync_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="LLMTRAIN_RESYNC_SECONDS", min=0.1,
+            help="Per-job timer: progress scrape, stall watchdog, deadline and TTL.",
+        ),
+    ] = 10.0,
+    scrape_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Timeout reading a driver's /metrics.")
+    ] = 2.0,
+    metrics_bind: Annotated[
+        str, typer.Option(help="host:port of the operator's /metrics; empty disables it.")
+    ] = "0.0.0.0:9090",
+    health_bind: Annotated[
+        str, typer.Option(help="host:port of the liveness probe /healthz; empty disables it.")
+    ] = "0.0.0.0:8080",
+    peering: Annotated[
+        str, typer.Option(help="kopf peering object shared by replicas; the highest priority acts.")
+    ] = "llmtrain",
+    standalone: Annotated[
+        bool, typer.Option("--standalone", help="No peering: act even if other replicas run.")
+    ] = False,
+    priority: Annotated[
+        int | None, typer.Option(help="Peering priority (default: random per process).")
+    ] = None,
+    peering_lifetime: Annotated[
+        int, typer.Option(min=1, help="Seconds until a silent replica counts as gone.")
+    ] = 60,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Log everything.")] = False,
+) -> None:
+    """Run the kopf operator: reconcile LLMTrainingJobs into gangs of worker pods."""
+    import kopf
+
+    from llmtrain.operator import handlers, resources
+
+    if namespace and all_namespaces:
+        _fail(["--namespace and --all-namespaces exclude each other"])
+
+    def bind(value: str, flag: str) -> tuple[str, int] | None:
+        if not value:
+            return None
+        host, _, port = value.rpartition(":")
+        if not port.isdigit():
+            _fail([f"{flag}: expected host:port, got {value!r}"])
+        return host or "0.0.0.0", int(port)
+
+    metrics = bind(metrics_bind, "--metrics-bind")
+    health = bind(health_bind, "--health-bind")
+    kopf.configure(verbose=verbose, debug=debug)
+    options = handlers.Options(
+        trainer_image=trainer_image or resources.DEFAULT_TRAINER_IMAGE,
+        resync_seconds=resync_seconds,
+        scrape_timeout=scrape_timeout,
+        namespaces=list(namespace or []),
+    )
+    handlers.run(
+        options,
+        peering=None if standalone else peering,
+        priority=priority,
+        peering_lifetime=peering_lifetime,
+        liveness=f"http://{health[0]}:{health[1]}/healthz" if health else None,
+        metrics_bind=metrics,
+    )
+
+
+@app.command()
+def worker(
+    stage_config: Annotated[
+        Path, typer.Option("--stage-config", help="Resolved stage config (JSON) to run.")
+    ],
+) -> None:
+    """Run one training stage on Ray Train: joins RAY_ADDRESS, else starts a local Ray."""
+    from llmtrain.trainer import worker as trainer_worker
+
+    code, problems = trainer_worker.run_stage(stage_config)
+    for line in problems:
+        err.print(Text("error ", style="red") + Text(line))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Text to complete.")],
+    model: Annotated[
+        Path, typer.Option("--model", help="A stage's final/ or merged/ dir, or an adapter dir.")
+    ],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 32,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 means greedy.")] = 0.0,
+) -> None:
+    """Complete a prompt with a trained model: a quick look at what it learned."""
+    from llmtrain.trainer import worker as trainer_worker
+
+    text, problems = trainer_worker.generate_cli(str(model), prompt, max_new_tokens, temperature)
+    if problems:
+        _fail(problems)
+    out.print(text, markup=False)
+
+
 def generated_files(root: Path) -> dict[Path, str]:
     from llmtrain.operator import crd as gen
 

@@ -1,0 +1,332 @@
+"""Thin kopf handlers: observe, decide (state.py), build (resources.py), apply (kube.py).
+
+    llmtrain operator --all-namespaces          # cli.py calls run() below
+
+Three triggers feed one reconcile pass per job, serialised by a per-job lock:
+
+* events of the job itself (creation, spec edits such as `suspend`);
+* events of the job's pods, which kopf also keeps in an in-memory index by job, so a
+  pass reads its pods without a LIST call (level-based: the pass looks at what exists,
+  not at what the event said);
+* a timer every `resync_seconds`, which also scrapes the driver's /metrics for progress
+  and lets the stall watchdog, the deadline and the TTL fire.
+
+A pass reads the job fresh from the apiserver, decides, writes the status first (with
+its resourceVersion as a precondition, so two writers cannot both win) and only then
+creates or deletes children. Every child has a deterministic name, so doing that twice
+is harmless, and all counters live in the job's status, so a restarted operator carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from llmtrain.operator import api, progress, resources, state
+from llmtrain.operator.kube import Body, Kube
+from llmtrain.operator.metrics import OperatorMetrics
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+FINALIZER = "llmtrain.io/operator"  # kopf timers need one, to stop cleanly on deletion
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+
+
+@dataclass
+class Options:
+    trainer_image: str = resources.DEFAULT_TRAINER_IMAGE
+    resync_seconds: float = 10.0
+    scrape_timeout: float = 2.0
+    namespaces: list[str] = field(default_factory=list)  # empty: every namespace
+
+
+@dataclass
+class Context:
+    """What every handler shares, passed through kopf's `memo`."""
+
+    options: Options
+    kube: Kube
+    metrics: OperatorMetrics
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    written: dict[Key, str] = field(default_factory=dict)  # resourceVersion of our last write
+
+
+# ---- handlers ----------------------------------------------------------------------------
+
+
+def index_pods(
+    namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, state.PodView]:
+    """job_pods[(namespace, job)] -> the job's pods, as the state machine sees them."""
+    view = state.PodView.from_pod(body)
+    return {(namespace, labels[resources.LABEL_JOB]): view} if view else {}
+
+
+async def on_job_event(
+    event: Mapping[str, Any], namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+    job_pods: kopf.Index[Key, state.PodView], **_: Any,
+) -> None:
+    ctx: Context = memo.ctx
+    if event.get("type") == "DELETED":
+        ctx.metrics.job_phase(namespace, name, None)
+        ctx.locks.pop((namespace, name), None)
+        ctx.written.pop((namespace, name), None)
+        return
+    if body.metadata.get("resourceVersion") == ctx.written.get((namespace, name)):
+        return  # the echo of our own status write
+    await reconcile(ctx, namespace, name, job_pods, scrape=False)
+
+
+async def on_pod_event(
+    namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
+    job_pods: kopf.Index[Key, state.PodView], **_: Any,
+) -> None:
+    await reconcile(memo.ctx, namespace, labels[resources.LABEL_JOB], job_pods, scrape=False)
+
+
+async def on_timer(
+    namespace: str, name: str, memo: kopf.Memo, job_pods: kopf.Index[Key, state.PodView],
+    **_: Any,
+) -> None:
+    await reconcile(memo.ctx, namespace, name, job_pods, scrape=True)
+
+
+def _needs_timer(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """Finished jobs need the timer only to expire their TTL."""
+    finished = status.get("phase") in (api.Phase.Succeeded, api.Phase.Failed)
+    return not finished or (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
+
+
+async def ensure_peering(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Create our peering object(s), so that replicas find each other (needs kopf's CRDs).
+
+    Without the CRDs kopf runs standalone; without RBAC to create them, the chart's copy
+    of the object must exist.
+    """
+    if settings.peering.standalone:
+        return
+    ctx: Context = memo.ctx
+    where = [None] if settings.peering.clusterwide else ctx.options.namespaces
+    for ns in where:
+        kind = "ClusterKopfPeering" if ns is None else "KopfPeering"
+        body = {
+            "apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}",
+            "kind": kind,
+            "metadata": {"name": settings.peering.name},
+        }
+        try:
+            plural = kind.lower() + "s"
+            await ctx.kube.create_custom(PEERING_GROUP, PEERING_VERSION, plural, body, ns)
+        except ApiException as e:
+            if e.status not in (403, 404, 409):  # no RBAC, no CRD, exists: all fine here
+                raise
+
+
+# ---- one reconcile pass ------------------------------------------------------------------
+
+
+async def reconcile(
+    ctx: Context, namespace: str, name: str, job_pods: Mapping[Key, Any], scrape: bool
+) -> None:
+    key = (namespace, name)
+    async with ctx.locks.setdefault(key, asyncio.Lock()):
+        try:
+            await _reconcile(ctx, namespace, name, list(job_pods.get(key, ())), scrape)
+        except Exception:
+            ctx.metrics.reconciles.labels(result="error").inc()
+            ctx.metrics.reconcile_errors.inc()
+            raise
+        ctx.metrics.reconciles.labels(result="ok").inc()
+
+
+async def _reconcile(
+    ctx: Context, namespace: str, name: str, pods: list[state.PodView], scrape: bool
+) -> None:
+    body = await ctx.kube.get_job(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    old = _status(body)
+    try:
+        job = api.parse_job({k: v for k, v in body.items() if k != "status"})
+    except api.SpecError as e:
+        new = state.invalid(old, [str(p) for p in e.problems], state.utcnow())
+        if new != old and await _write(ctx, body, new):
+            kopf.warn(_kbody(body), reason=state.REASON_VALIDATION, message=str(e))
+        ctx.metrics.job_phase(namespace, name, new.phase)
+        return
+    job.status = old
+    sample = await _scrape(ctx, job, pods) if scrape else None
+    d = state.decide(job, pods, state.utcnow(), sample)
+    if d.restarts or (d.status.phase == api.Phase.Failed and old.phase != api.Phase.Failed):
+        # Tearing a gang down on the index's word alone is too much: a pod missing from it
+        # may simply not be listed yet (a replica that just took over). Read the pods.
+        found = await ctx.kube.list_pods(namespace, f"{resources.LABEL_JOB}={name}")
+        pods = [v for v in map(state.PodView.from_pod, found) if v is not None]
+        d = state.decide(job, pods, state.utcnow(), sample)
+    if d.status != old:
+        if not await _write(ctx, body, d.status):
+            return  # someone wrote in between; their event brings us back
+        for ev in d.events:
+            kopf.event(_kbody(body), type=ev.type, reason=ev.reason, message=ev.message)
+        _observe(ctx.metrics, d)
+    ctx.metrics.job_phase(namespace, name, d.status.phase)
+    await _apply(ctx, job, d, pods)
+
+
+def _kbody(body: Body) -> kopf.Body:
+    return kopf.Body(cast(kopf.RawBody, body))
+
+
+def _status(body: Body) -> api.LLMTrainingJobStatus:
+    try:
+        return api.LLMTrainingJobStatus.model_validate(body.get("status") or {})
+    except ValueError:
+        log.warning("unreadable status of %s; starting from an empty one", body["metadata"])
+        return api.LLMTrainingJobStatus()
+
+
+def status_patch(st: api.LLMTrainingJobStatus) -> Body:
+    """The whole status as a merge patch: unset top-level fields become null (removed)."""
+    full = st.model_dump(by_alias=True, mode="json")
+    compact = st.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {k: compact.get(k) for k in full}
+
+
+async def _write(ctx: Context, body: Body, st: api.LLMTrainingJobStatus) -> bool:
+    meta = body["metadata"]
+    written = await ctx.kube.patch_job_status(
+        meta["namespace"], meta["name"], status_patch(st), meta.get("resourceVersion")
+    )
+    if written is None:
+        return False
+    ctx.written[(meta["namespace"], meta["name"])] = written["metadata"]["resourceVersion"]
+    return True
+
+
+def _observe(m: OperatorMetrics, d: state.Decision) -> None:
+    for stage_type, seconds in d.stage_durations:
+        m.stage_duration.labels(type=stage_type).observe(seconds)
+    if d.time_to_running is not None:
+        m.time_to_running.observe(d.time_to_running)
+    for reason in d.restarts:
+        m.stage_restarts.labels(reason=reason).inc()
+
+
+async def _scrape(
+    ctx: Context, job: api.LLMTrainingJob, pods: list[state.PodView]
+) -> state.Scrape | None:
+    cur = state.current_stage(job.status)
+    if cur is None or cur.phase != api.Phase.Running:
+        return None
+    head = next(
+        (p for p in pods if (p.stage, p.attempt, p.rank) == (cur.name, cur.attempt, 0)), None
+    )
+    if head is None or not head.ip or head.phase != "Running":
+        return None
+    port = job.spec.monitoring.metrics_port
+    values = await progress.scrape(head.ip, port, ctx.options.scrape_timeout)
+    return state.Scrape(cur.name, cur.attempt, values) if values is not None else None
+
+
+async def _apply(
+    ctx: Context, job: api.LLMTrainingJob, d: state.Decision, pods: list[state.PodView]
+) -> None:
+    ns, kube = resources.namespace_of(job), ctx.kube
+    deletions = [kube.delete("Pod", ns, n) for n in d.delete_pods]
+    for stage, attempt in d.delete_attempts:
+        name = resources.attempt_name(job.metadata.name, stage, attempt)
+        deletions += [kube.delete("Service", ns, name), kube.delete("ConfigMap", ns, name)]
+    await asyncio.gather(*deletions)
+    if d.ensure is not None:
+        objs = resources.build_stage_objects(job, *d.ensure, image=ctx.options.trainer_image)
+        have = {p.name for p in pods}
+        missing = [o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] not in have]
+        if missing:
+            for obj in objs:  # the ConfigMap and Service first: pods mount the config
+                if obj["kind"] != "Pod":
+                    await kube.create(obj)
+            created = await asyncio.gather(*(kube.create(p) for p in missing))
+            ctx.metrics.pods_created.inc(sum(created))
+    if d.delete_job:
+        await kube.delete_job(ns, job.metadata.name)
+
+
+# ---- wiring ------------------------------------------------------------------------------
+
+
+def register(registry: kopf.OperatorRegistry, options: Options) -> None:
+    """Attach the handlers to `registry`; the timer interval comes from `options`."""
+    labelled = {resources.LABEL_JOB: kopf.PRESENT}
+    job = (api.GROUP, api.VERSION, api.PLURAL)
+    # kopf passes indices (job_pods) by name; its callback protocols do not list them.
+    fn: Any = cast(Any, lambda f: f)
+    # Same credentials as our own client: in-cluster, else the kubeconfig.
+    kopf.on.login(registry=registry)(fn(kopf.login_via_client))
+    kopf.on.startup(registry=registry)(fn(ensure_peering))
+    kopf.index("pods", labels=labelled, registry=registry, id="job_pods")(fn(index_pods))
+    kopf.on.event("pods", labels=labelled, registry=registry)(fn(on_pod_event))
+    kopf.on.event(*job, registry=registry)(fn(on_job_event))
+    timer = kopf.timer(*job, interval=options.resync_seconds, when=_needs_timer, registry=registry)
+    timer(fn(on_timer))
+
+
+def settings(
+    *, peering: str | None, clusterwide: bool, priority: int | None, lifetime: int
+) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    # Post only our own Events (kopf.event), not kopf's per-handler chatter.
+    s.posting.level = logging.WARNING
+    s.persistence.finalizer = FINALIZER
+    s.peering.standalone = peering is None
+    s.peering.name = peering or "llmtrain"
+    s.peering.clusterwide = clusterwide
+    # Replicas of equal priority would all pause: give each a random one; the highest acts.
+    s.peering.priority = priority if priority is not None else random.randint(1, 2**31)
+    s.peering.lifetime = lifetime
+    return s
+
+
+def run(
+    options: Options,
+    *,
+    peering: str | None = "llmtrain",
+    priority: int | None = None,
+    peering_lifetime: int = 60,
+    liveness: str | None = None,
+    metrics_bind: tuple[str, int] | None = None,
+) -> None:
+    """Run the operator until SIGINT/SIGTERM; watches every namespace when none are given."""
+    registry = kopf.OperatorRegistry()
+    register(registry, options)
+    metrics = OperatorMetrics()
+    if metrics_bind is not None:
+        metrics.serve(*metrics_bind)
+    kube = Kube()
+    ctx = Context(options=options, kube=kube, metrics=metrics)
+    clusterwide = not options.namespaces
+    s = settings(
+        peering=peering, clusterwide=clusterwide, priority=priority, lifetime=peering_lifetime
+    )
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                settings=s,
+                clusterwide=clusterwide,
+                namespaces=options.namespaces,
+                standalone=peering is None,
+                peering_name=peering,
+                priority=s.peering.priority,
+                liveness_endpoint=liveness,
+                memo=kopf.Memo(ctx=ctx),
+            )
+        )
+    finally:
+        kube.close()

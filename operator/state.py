@@ -1,0 +1,585 @@
+"""The stage state machine, as pure functions: what to do next, given what is observed.
+
+    d = decide(job, pods=[PodView.from_pod(p) for p in pods], now=utcnow(), scrape=None)
+    # d.status: the new status (write it if it changed), d.ensure: the attempt whose
+    # objects must exist, d.delete_pods, d.events, and observations for the metrics.
+
+Level-based: the decision depends only on the job (spec + its own status, which holds the
+stage, attempt and restart counts) and the pods that exist now, so any pass, repeated or
+after a restart, reaches the same answer. Per stage the phases are
+
+    Pending (attempt N allocated, pods being created) -> Initializing (all pods exist)
+      -> Running (all pods running) -> Succeeded (rank 0 exited 0)
+    any failure -> Restarting (tear the gang down) -> Pending (attempt N+1) ... or Failed
+    spec.suspend -> Suspended (pods removed) -> Pending (attempt N+1) on resume
+
+and the job's phase follows its current stage. Exit codes follow PyTorchJob's ExitCode
+policy: 1-127 are permanent (a bug or a bad config will fail again), 128+ (signals, OOM
+kills), evictions, preemptions and deleted pods are retried from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from llmtrain.operator import api, resources
+from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, Progress, StageStatus
+
+# Condition types (metav1.Condition.type).
+COND_CREATED = "Created"
+COND_RUNNING = "Running"
+COND_RESTARTING = "Restarting"
+COND_SUSPENDED = "Suspended"
+COND_SUCCEEDED = "Succeeded"
+COND_FAILED = "Failed"
+
+# Reasons, on conditions and Events.
+REASON_CREATED = "JobCreated"
+REASON_STAGE_STARTED = "StageStarted"
+REASON_RUNNING = "AllPodsRunning"
+REASON_STAGE_SUCCEEDED = "StageSucceeded"
+REASON_SUCCEEDED = "JobSucceeded"
+REASON_POD_FAILED = "PodFailed"
+REASON_PERMANENT = "PodFailedPermanently"
+REASON_EVICTED = "PodEvicted"
+REASON_PREEMPTED = "PodPreempted"
+REASON_DELETED = "PodDeleted"
+REASON_STALLED = "Stalled"
+REASON_BACKOFF = "BackoffLimitExceeded"
+REASON_DEADLINE = "DeadlineExceeded"
+REASON_SUSPENDED = "Suspended"
+REASON_RESUMED = "Resumed"
+REASON_VALIDATION = "ValidationFailed"
+
+NORMAL, WARNING = "Normal", "Warning"
+TERMINAL = (Phase.Succeeded, Phase.Failed)
+_LIVE = (Phase.Pending, Phase.Initializing, Phase.Running)
+# DisruptionTarget condition reasons the kubelet, scheduler and eviction API write.
+_PREEMPTION = {"PreemptionByScheduler", "PreemptionByKubeScheduler"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def fmt_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the state machine needs to know about one pod of the job."""
+
+    name: str
+    stage: str
+    attempt: int
+    rank: int
+    phase: str = "Pending"
+    exit_code: int | None = None
+    reason: str | None = None
+    disruption: str | None = None
+    deleting: bool = False
+    ip: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
+        """From a Pod manifest; None when it does not carry our labels."""
+        meta = pod.get("metadata") or {}
+        lbl = meta.get("labels") or {}
+        try:
+            attempt, rank = int(lbl[resources.LABEL_ATTEMPT]), int(lbl[resources.LABEL_RANK])
+            stage = lbl[resources.LABEL_STAGE]
+        except (KeyError, ValueError):
+            return None
+        status = pod.get("status") or {}
+        exit_code, reason = None, status.get("reason")
+        for cs in status.get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if cs.get("name") == resources.CONTAINER and term:
+                exit_code = term.get("exitCode")
+                reason = reason or term.get("reason")
+        disruption = next(
+            (
+                c.get("reason")
+                for c in status.get("conditions") or []
+                if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            ),
+            None,
+        )
+        return cls(
+            name=meta.get("name", ""),
+            stage=stage,
+            attempt=attempt,
+            rank=rank,
+            phase=status.get("phase") or "Pending",
+            exit_code=exit_code,
+            reason=reason,
+            disruption=disruption,
+            deleting=bool(meta.get("deletionTimestamp")),
+            ip=status.get("podIP"),
+        )
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Metric values read from the driver of one attempt (docs/contracts.md §4)."""
+
+    stage: str
+    attempt: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    retryable: bool
+    message: str
+
+
+@dataclass
+class Decision:
+    status: LLMTrainingJobStatus
+    ensure: tuple[str, int] | None = None  # (stage, attempt) whose objects must exist
+    delete_pods: list[str] = field(default_factory=list)
+    delete_attempts: list[tuple[str, int]] = field(default_factory=list)  # ConfigMap + Service
+    delete_job: bool = False  # ttlSecondsAfterFinished has passed
+    events: list[Event] = field(default_factory=list)
+    # Observations for the operator's metrics, recorded once the status write succeeded.
+    stage_durations: list[tuple[str, float]] = field(default_factory=list)
+    time_to_running: float | None = None
+    restarts: list[str] = field(default_factory=list)
+
+
+# ---- conditions --------------------------------------------------------------------------
+
+
+def set_condition(
+    st: LLMTrainingJobStatus, type_: str, status: bool, reason: str, message: str, now: datetime
+) -> None:
+    """Upsert a condition; lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    for c in st.conditions:
+        if c.type == type_:
+            if c.status != value:
+                c.last_transition_time = fmt_time(now)
+            c.status, c.reason, c.message = value, reason, message
+            return
+    st.conditions.append(
+        Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=fmt_time(now),
+        )
+    )
+
+
+def condition(st: LLMTrainingJobStatus, type_: str) -> Condition | None:
+    return next((c for c in st.conditions if c.type == type_), None)
+
+
+def _set_phase(
+    st: LLMTrainingJobStatus, phase: Phase, reason: str, message: str, now: datetime
+) -> None:
+    """The job's phase, and the conditions that mirror it: a condition turns True with the
+    phase and False when the phase leaves it; a False one keeps the reason it flipped for."""
+    st.phase = phase
+    for type_, on in (
+        (COND_RUNNING, phase == Phase.Running),
+        (COND_RESTARTING, phase == Phase.Restarting),
+        (COND_SUSPENDED, phase == Phase.Suspended),
+    ):
+        c = condition(st, type_)
+        if on or (c is not None and c.status == "True"):
+            set_condition(st, type_, on, reason, message, now)
+    if phase == Phase.Succeeded:
+        set_condition(st, COND_SUCCEEDED, True, reason, message, now)
+    if phase == Phase.Failed:
+        set_condition(st, COND_FAILED, True, reason, message, now)
+
+
+# ---- the decision ------------------------------------------------------------------------
+
+
+def decide(
+    job: api.LLMTrainingJob,
+    pods: list[PodView],
+    now: datetime,
+    scrape: Scrape | None = None,
+) -> Decision:
+    """The next status and actions for `job`, given its pods (and, optionally, metrics)."""
+    st = (job.status or LLMTrainingJobStatus()).model_copy(deep=True)
+    d = Decision(status=st)
+    spec = job.spec
+    _sync_stages(st, job)
+    generation = (job.metadata.model_extra or {}).get("generation")
+    if isinstance(generation, int):
+        st.observed_generation = generation
+
+    if st.phase in TERMINAL:
+        _expire(job, st, now, d)
+        d.delete_pods = _unwanted(job, st, pods)
+        return d
+
+    cur = current_stage(st)
+    if cur is None:  # first pass
+        cur = st.stages[0]
+        st.current_stage = cur.name
+        set_condition(st, COND_CREATED, True, REASON_CREATED, "", now)
+        if not spec.suspend:
+            st.start_time = fmt_time(now)
+            _start_attempt(job, st, cur, 1, now, d)
+
+    deadline = spec.run_policy.active_deadline_seconds
+    started = parse_time(st.start_time)
+    if deadline and started and not spec.suspend and now - started >= timedelta(seconds=deadline):
+        msg = f"job ran longer than activeDeadlineSeconds={deadline}"
+        _fail(st, cur, REASON_DEADLINE, msg, now, d)
+    elif spec.suspend:
+        _suspend(st, cur, now, d)
+    elif st.phase == Phase.Suspended:
+        _resume(job, st, cur, pods, now, d)
+    else:
+        _step(job, st, cur, pods, now, scrape, d)
+    d.delete_pods = _unwanted(job, st, pods)
+    return d
+
+
+def invalid(
+    status: LLMTrainingJobStatus | None, problems: list[str], now: datetime
+) -> LLMTrainingJobStatus:
+    """The status of a job whose spec does not validate: Failed, with every problem."""
+    st = (status or LLMTrainingJobStatus()).model_copy(deep=True)
+    message = "; ".join(problems)
+    failed = condition(st, COND_FAILED)
+    if st.phase != Phase.Failed or failed is None or failed.message != message:
+        st.completion_time = st.completion_time or fmt_time(now)
+        _set_phase(st, Phase.Failed, REASON_VALIDATION, message, now)
+    return st
+
+
+def _sync_stages(st: LLMTrainingJobStatus, job: api.LLMTrainingJob) -> None:
+    """One status entry per spec stage, in spec order (stages may change while suspended)."""
+    by_name = {s.name: s for s in st.stages}
+    st.stages = [by_name.get(s.name) or StageStatus(name=s.name) for s in job.spec.stages]
+
+
+def current_stage(st: LLMTrainingJobStatus | None) -> StageStatus | None:
+    if st is None:
+        return None
+    return next((s for s in st.stages if s.name == st.current_stage), None)
+
+
+def _start_attempt(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    attempt: int,
+    now: datetime,
+    d: Decision,
+) -> None:
+    cur.attempt, cur.phase = attempt, Phase.Pending
+    cur.start_time = cur.start_time or fmt_time(now)
+    cur.last_progress_time, cur.message = None, None
+    first = resources.stage_index(job, cur.name) == 0 and attempt == 1
+    if st.phase != Phase.Restarting:  # a retry stays Restarting until its gang runs
+        phase = Phase.Pending if first else Phase.Initializing
+        _set_phase(st, phase, REASON_STAGE_STARTED, "", now)
+    d.ensure = (cur.name, attempt)
+
+
+def _step(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    pods: list[PodView],
+    now: datetime,
+    scrape: Scrape | None,
+    d: Decision,
+) -> None:
+    """Advance a running (or restarting) stage by what its pods show."""
+    mine = [p for p in pods if p.stage == cur.name and p.attempt == cur.attempt]
+    if cur.phase in _LIVE:
+        _observe_gang(job, st, cur, mine, now, scrape, d)
+    # Retry once the old gang is gone: its SIGTERM checkpoint must land first.
+    if cur.phase == Phase.Restarting and not mine:
+        _start_attempt(job, st, cur, cur.attempt + 1, now, d)
+
+
+def _observe_gang(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    mine: list[PodView],
+    now: datetime,
+    scrape: Scrape | None,
+    d: Decision,
+) -> None:
+    workers = job.spec.resources.workers
+    by_rank = {p.rank: p for p in mine}
+    head = by_rank.get(0)
+    if head is not None and head.phase == "Succeeded":
+        _stage_succeeded(job, st, cur, now, d)
+        return
+    failure = _gang_failure(cur, by_rank, workers)
+    if failure is None and cur.phase == Phase.Running:
+        _progress(job, st, cur, scrape, now)
+        failure = _stalled(job, cur, now)
+    if failure is not None:
+        _attempt_failed(job, st, cur, failure, now, d)
+        return
+    if len(by_rank) < workers:
+        d.ensure = (cur.name, cur.attempt)
+    elif all(p.phase == "Running" for p in by_rank.values()):
+        if cur.phase != Phase.Running:
+            if condition(st, COND_RUNNING) is None and job.metadata.model_extra:
+                created = parse_time(job.metadata.model_extra.get("creationTimestamp"))
+                d.time_to_running = (now - created).total_seconds() if created else None
+            cur.phase, cur.last_progress_time = Phase.Running, fmt_time(now)
+            msg = f"stage {cur.name} attempt {cur.attempt}: all {workers} pod(s) running"
+            _set_phase(st, Phase.Running, REASON_RUNNING, msg, now)
+            d.events.append(Event(NORMAL, REASON_RUNNING, msg))
+    elif cur.phase == Phase.Pending:
+        cur.phase = Phase.Initializing
+        if st.phase == Phase.Pending:
+            _set_phase(st, Phase.Initializing, REASON_STAGE_STARTED, "", now)
+
+
+def _gang_failure(cur: StageStatus, by_rank: dict[int, PodView], workers: int) -> Failure | None:
+    """Why the attempt's gang is broken, if it is; a permanent reason wins over the rest."""
+    found: list[Failure] = []
+    for rank in range(workers):
+        p = by_rank.get(rank)
+        if p is None:
+            if cur.phase != Phase.Pending:  # it existed: Initializing means all were seen
+                found.append(Failure(REASON_DELETED, True, f"rank {rank} pod was deleted"))
+        elif p.deleting or p.phase == "Failed":
+            found.append(classify(p))
+    permanent = [f for f in found if not f.retryable]
+    worst = permanent or found
+    return worst[0] if worst else None
+
+
+def classify(p: PodView) -> Failure:
+    """PyTorchJob's ExitCode restart policy, plus evictions, preemptions and deletions."""
+    who = f"pod {p.name} (rank {p.rank})"
+    if p.disruption in _PREEMPTION:
+        return Failure(REASON_PREEMPTED, True, f"{who} was preempted")
+    if p.reason == "Evicted" or p.disruption is not None:
+        return Failure(REASON_EVICTED, True, f"{who} was evicted ({p.disruption or p.reason})")
+    if p.deleting and p.phase != "Failed":
+        return Failure(REASON_DELETED, True, f"{who} was deleted")
+    if p.exit_code is not None and 1 <= p.exit_code <= 127:
+        return Failure(REASON_PERMANENT, False, f"{who} exited with code {p.exit_code}")
+    code = "no exit code" if p.exit_code is None else f"exit code {p.exit_code}"
+    return Failure(REASON_POD_FAILED, True, f"{who} failed ({p.reason or 'Error'}, {code})")
+
+
+def _stalled(job: api.LLMTrainingJob, cur: StageStatus, now: datetime) -> Failure | None:
+    timeout = job.spec.run_policy.stall_timeout_seconds
+    since = parse_time(cur.last_progress_time)
+    if timeout and since and now - since >= timedelta(seconds=timeout):
+        return Failure(
+            REASON_STALLED, True, f"step {cur.progress.step} has not advanced for {timeout}s"
+        )
+    return None
+
+
+def _attempt_failed(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    failure: Failure,
+    now: datetime,
+    d: Decision,
+) -> None:
+    limit = job.spec.run_policy.backoff_limit
+    where = f"stage {cur.name} attempt {cur.attempt}"
+    if not failure.retryable:
+        _fail(st, cur, failure.reason, f"{where}: {failure.message}", now, d)
+        return
+    if cur.restarts >= limit:
+        msg = f"{where}: {failure.message}; {cur.restarts} restart(s), backoffLimit is {limit}"
+        _fail(st, cur, REASON_BACKOFF, msg, now, d)
+        return
+    cur.restarts += 1
+    cur.phase = Phase.Restarting
+    cur.message = failure.message
+    msg = f"{where}: {failure.message}; retrying as attempt {cur.attempt + 1}"
+    _set_phase(st, Phase.Restarting, failure.reason, msg, now)
+    d.events.append(Event(WARNING, failure.reason, msg))
+    d.restarts.append(failure.reason)
+    d.delete_attempts.append((cur.name, cur.attempt))
+
+
+def _fail(
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    reason: str,
+    message: str,
+    now: datetime,
+    d: Decision,
+) -> None:
+    cur.phase, cur.message = Phase.Failed, message
+    cur.completion_time = st.completion_time = fmt_time(now)
+    _set_phase(st, Phase.Failed, reason, message, now)
+    d.events.append(Event(WARNING, reason, message))
+
+
+def _stage_succeeded(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    now: datetime,
+    d: Decision,
+) -> None:
+    cur.phase, cur.message = Phase.Succeeded, None
+    cur.completion_time = fmt_time(now)
+    cur.output = resources.stage_output(job, cur.name)
+    if cur.progress.total_steps:
+        cur.progress.step = cur.progress.total_steps
+        st.progress = f"{cur.progress.step}/{cur.progress.total_steps}"
+    started = parse_time(cur.start_time)
+    stage_type = job.spec.stages[resources.stage_index(job, cur.name)].type
+    if started:
+        d.stage_durations.append((str(stage_type), (now - started).total_seconds()))
+    d.events.append(
+        Event(NORMAL, REASON_STAGE_SUCCEEDED, f"stage {cur.name} succeeded; output {cur.output}")
+    )
+    index = resources.stage_index(job, cur.name)
+    if index + 1 < len(st.stages):
+        nxt = st.stages[index + 1]
+        st.current_stage = nxt.name
+        st.progress, st.loss = None, None
+        d.events.append(Event(NORMAL, REASON_STAGE_STARTED, f"stage {nxt.name} started"))
+        _start_attempt(job, st, nxt, 1, now, d)
+        return
+    st.completion_time = fmt_time(now)
+    msg = f"all {len(st.stages)} stage(s) succeeded"
+    _set_phase(st, Phase.Succeeded, REASON_SUCCEEDED, msg, now)
+    d.events.append(Event(NORMAL, REASON_SUCCEEDED, msg))
+
+
+def _suspend(st: LLMTrainingJobStatus, cur: StageStatus, now: datetime, d: Decision) -> None:
+    if st.phase == Phase.Suspended:
+        return
+    if cur.attempt > 0:
+        d.delete_attempts.append((cur.name, cur.attempt))
+    cur.phase = Phase.Suspended
+    st.start_time = None  # like a Job: the deadline clock restarts on resume
+    msg = f"suspended at stage {cur.name}; pods are removed after they checkpoint"
+    _set_phase(st, Phase.Suspended, REASON_SUSPENDED, msg, now)
+    d.events.append(Event(NORMAL, REASON_SUSPENDED, msg))
+
+
+def _resume(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    pods: list[PodView],
+    now: datetime,
+    d: Decision,
+) -> None:
+    if any(p.stage == cur.name and p.attempt == cur.attempt for p in pods):
+        return  # the suspended gang is still checkpointing and terminating
+    st.start_time = fmt_time(now)
+    msg = f"resumed at stage {cur.name}"
+    set_condition(st, COND_SUSPENDED, False, REASON_RESUMED, msg, now)
+    st.phase = Phase.Initializing
+    d.events.append(Event(NORMAL, REASON_RESUMED, msg))
+    _start_attempt(job, st, cur, cur.attempt + 1, now, d)
+
+
+def _expire(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, now: datetime, d: Decision) -> None:
+    ttl = job.spec.run_policy.ttl_seconds_after_finished
+    done = parse_time(st.completion_time)
+    if ttl is not None and done is not None and now - done >= timedelta(seconds=ttl):
+        d.delete_job = True
+
+
+def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodView]) -> list[str]:
+    """Pods to remove: every pod behind the current attempt, or of an attempt that ended,
+    except the finished rank-0 pod of each stage's last attempt (kept for its logs).
+
+    Pods *ahead* of the status (a later stage or attempt) are left alone: a status read
+    that lags behind our own last write must never tear down the newer gang.
+    """
+    cur = current_stage(st)
+    if cur is None:
+        return []
+    order = {s.name: i for i, s in enumerate(job.spec.stages)}
+    here = (order.get(cur.name, -1), cur.attempt)
+    live = cur.phase in _LIVE and st.phase not in TERMINAL and st.phase != Phase.Suspended
+    last = {s.name: s.attempt for s in st.stages if s.phase in TERMINAL}
+    out = []
+    for p in pods:
+        at = (order.get(p.stage, -1), p.attempt)
+        if p.deleting or at > here or (at == here and live):
+            continue
+        if p.rank == 0 and p.terminal and last.get(p.stage) == p.attempt:
+            continue
+        out.append(p.name)
+    return out
+
+
+# ---- progress ----------------------------------------------------------------------------
+
+_PROGRESS_FIELDS = {
+    "llmtrain_train_loss": "loss",
+    "llmtrain_eval_loss": "eval_loss",
+    "llmtrain_tokens_per_second": "tokens_per_second",
+    "llmtrain_eta_seconds": "eta_seconds",
+    "llmtrain_epoch": "epoch",
+}
+
+
+def _num(x: float) -> float:
+    """Six significant digits: enough for a status, and it keeps writes from churning."""
+    return float(f"{x:.6g}")
+
+
+def _progress(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    scrape: Scrape | None,
+    now: datetime,
+) -> None:
+    if scrape is None or (scrape.stage, scrape.attempt) != (cur.name, cur.attempt):
+        return
+    v = {k: _num(x) for k, x in scrape.values.items() if math.isfinite(x)}
+    step = int(v.get("llmtrain_train_step", cur.progress.step))
+    total = int(v.get("llmtrain_train_total_steps", cur.progress.total_steps))
+    fields: dict[str, Any] = {"step": step, "total_steps": total}
+    for metric, name in _PROGRESS_FIELDS.items():
+        fields[name] = v.get(metric, getattr(cur.progress, name))
+    if step != cur.progress.step:
+        cur.last_progress_time = fmt_time(now)
+    cur.progress = Progress(**fields)
+    cur.metrics = {k.removeprefix("llmtrain_"): x for k, x in sorted(v.items())}
+    ckpt = int(v.get("llmtrain_checkpoint_step", 0))
+    if ckpt > 0:
+        out = resources.stage_config(job, cur.name).output_dir
+        cur.last_checkpoint = f"{out}/checkpoints/checkpoint-{ckpt}"
+    st.progress = f"{step}/{total}"
+    st.loss = cur.progress.loss

@@ -1,0 +1,92 @@
+"""Gang failures under the real operator: retries from the checkpoint, permanent failures,
+the backoff limit, the stall watchdog and the deadline.
+
+    pytest -m cluster tests/cluster/operator_tests/test_operator_failures.py
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cluster.operator_tests.harness import Harness, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def test_retryable_failures_retry_then_exhaust_the_backoff_limit(
+    start_operator: Any, h: Harness
+) -> None:
+    op = start_operator("--standalone")
+    h.apply(h.job_manifest("flaky", stages=("sft",), runPolicy={"backoffLimit": 2}))
+    h.wait_pods({"flaky-sft-a1-0", "flaky-sft-a1-1"})
+    h.wait_phase("flaky", "Running")
+
+    # A signal-killed worker (OOM: 137) tears the whole gang down; attempt 2 follows.
+    h.end_pod("flaky-sft-a1-1", "Failed", exit_code=137)
+    h.wait_pods({"flaky-sft-a2-0", "flaky-sft-a2-1"})
+    h.wait_gone({"flaky-sft-a1-0", "flaky-sft-a1-1"})
+    stage = h.stage("flaky", "sft")
+    assert (stage["attempt"], stage["restarts"]) == (2, 1)
+    assert not {"flaky-sft-a1"} & {s for s in h.cluster.kubectl(
+        "get", "cm,svc", "-n", h.ns, "-o", "name").split()}
+    h.wait_phase("flaky", "Running")
+    restarting = h.condition("flaky", "Restarting")
+    assert restarting and restarting["status"] == "False"
+
+    # A deleted pod (preemption, a drained node) counts the same way.
+    h.cluster.kubectl("delete", "pod", "flaky-sft-a2-0", "-n", h.ns, "--wait=false")
+    h.wait_pods({"flaky-sft-a3-0", "flaky-sft-a3-1"})
+    assert h.stage("flaky", "sft")["restarts"] == 2
+    h.wait_phase("flaky", "Running")
+
+    # A third retryable failure is one too many for backoffLimit 2.
+    h.end_pod("flaky-sft-a3-0", "Failed", exit_code=143)
+    st = h.wait_phase("flaky", "Failed")
+    failed = h.condition("flaky", "Failed")
+    assert failed and failed["reason"] == "BackoffLimitExceeded"
+    assert st["stages"][0]["attempt"] == 3 and st["stages"][0]["restarts"] == 2
+    h.wait_gone({"flaky-sft-a3-1"})
+    assert h.pod_names("flaky") == {"flaky-sft-a3-0"}  # the failed driver, for its logs
+    reasons = [e["reason"] for e in h.events("flaky")]
+    assert reasons.count("PodFailed") == 1 and "PodDeleted" in reasons, reasons
+    assert "BackoffLimitExceeded" in reasons
+    m = op.metrics()
+    assert m['llmtrain_stage_restarts_total{reason="PodFailed"}'] == 1
+    assert m['llmtrain_stage_restarts_total{reason="PodDeleted"}'] == 1
+
+
+def test_permanent_exit_code_fails_at_once(start_operator: Any, h: Harness) -> None:
+    start_operator("--standalone")
+    h.apply(h.job_manifest("buggy", runPolicy={"backoffLimit": 5}))
+    h.wait_phase("buggy", "Running")
+    h.end_pod("buggy-sft-a1-0", "Failed", exit_code=1)
+    st = h.wait_phase("buggy", "Failed")
+    failed = h.condition("buggy", "Failed")
+    assert failed and failed["reason"] == "PodFailedPermanently"
+    assert "exited with code 1" in failed["message"]
+    assert st["stages"][0]["restarts"] == 0 and st["stages"][1]["attempt"] == 0
+    h.wait_gone({"buggy-sft-a1-1"})
+    assert not any(n.startswith("buggy-dpo") for n in h.pod_names("buggy"))
+
+
+def test_stalled_attempt_is_restarted(start_operator: Any, h: Harness) -> None:
+    start_operator("--standalone")
+    h.apply(h.job_manifest("stuck", stages=("sft",), workers=1,
+                           runPolicy={"stallTimeoutSeconds": 3}))
+    h.wait_phase("stuck", "Running")
+    h.wait_pods({"stuck-sft-a2-0"}, timeout=20)  # no driver metrics: the step never moves
+    assert h.stage("stuck", "sft")["restarts"] >= 1
+    assert "Stalled" in [e["reason"] for e in h.events("stuck")]
+
+
+def test_deadline_fails_the_job_and_removes_its_pods(start_operator: Any, h: Harness) -> None:
+    start_operator("--standalone")
+    h.apply(h.job_manifest("late", runPolicy={"activeDeadlineSeconds": 3}))
+    h.wait_phase("late", "Running")
+    h.wait_phase("late", "Failed", timeout=20)
+    failed = h.condition("late", "Failed")
+    assert failed and failed["reason"] == "DeadlineExceeded"
+    h.wait_gone({"late-sft-a1-0", "late-sft-a1-1"})
+    wait_until("no pods", lambda: not h.pod_names("late"))
