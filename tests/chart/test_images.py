@@ -138,3 +138,10 @@ def test_chart_default_images_are_the_ones_the_dockerfiles_build() -> None:
                              (TRAINER, values["jobDefaults"]["image"]["repository"])]:
         assert f"| `{repo}` | `{dockerfile.name}` |" in readme
         assert f"-t {repo}:" in dockerfile.read_text()  # the documented build command
+
+
+def test_trainer_uid_is_the_one_the_operator_runs_pods_as() -> None:
+    from llmtrain.operator import resources
+
+    users = [a for w, a in instructions(TRAINER) if w == "USER"]
+    assert users[-1].split(":")[0] == str(resources.RUN_AS_USER)
