@@ -2,7 +2,8 @@
 
     llmtrain operator --all-namespaces          # cli.py calls run() below
 
-Three triggers feed one reconcile pass per job, serialised by a per-job lock:
+Three triggers feed one reconcile pass per job, serialised by a per-job lock (triggers
+that arrive while a pass waits for it fold into that pass):
 
 * events of the job itself (creation, spec edits such as `suspend`);
 * events of the job's pods, which kopf also keeps in an in-memory index by job, so a
@@ -20,8 +21,10 @@ is harmless, and all counters live in the job's status, so a restarted operator 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -36,6 +39,7 @@ from llmtrain.operator.metrics import OperatorMetrics
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 FINALIZER = "llmtrain.io/operator"  # kopf timers need one, to stop cleanly on deletion
+RECREATE = 10.0  # seconds before creating an attempt's missing pods again
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 
 
@@ -48,14 +52,53 @@ class Options:
 
 
 @dataclass
+class _Slot:
+    """Per job: passes run one at a time, and triggers that arrive meanwhile fold into one.
+
+    `body` caches the job as last seen (a watch event, or the response to our own status
+    write), so a pass needs no GET. Our write's echo is awaited: any other event seen
+    before it may be older than what we wrote, so it drops the cache and the next pass
+    reads the job fresh. Status writes carry the resourceVersion as a precondition, so
+    a pass on a stale cache cannot write; it gets a 409 and re-reads.
+    """
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queued: bool = False
+    scrape: bool = False
+    body: Body | None = None
+    echo: str | None = None  # resourceVersion of our last write, until its event arrives
+    # When we last created an attempt's objects: until the pod index shows them, passes
+    # would only repeat the same creates (409s), so for a while they do not.
+    ensured: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def seen(self, body: Body) -> bool:
+        """Record a watch event; False when it is just the echo of our own write."""
+        rv = body["metadata"].get("resourceVersion")
+        if self.echo is not None:
+            if rv == self.echo:
+                self.echo = None
+                return False
+            self.body = None
+            return True
+        self.body = body
+        return True
+
+    def wrote(self, body: Body) -> None:
+        self.body, self.echo = body, body["metadata"].get("resourceVersion")
+
+
+@dataclass
 class Context:
     """What every handler shares, passed through kopf's `memo`."""
 
     options: Options
     kube: Kube
     metrics: OperatorMetrics
-    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    written: dict[Key, str] = field(default_factory=dict)  # resourceVersion of our last write
+    slots: dict[Key, _Slot] = field(default_factory=dict)
+    pod_views: dict[str, state.PodView | None] = field(default_factory=dict)  # by pod uid
+
+    def slot(self, key: Key) -> _Slot:
+        return self.slots.setdefault(key, _Slot())
 
 
 # ---- handlers ----------------------------------------------------------------------------
@@ -76,19 +119,25 @@ async def on_job_event(
     ctx: Context = memo.ctx
     if event.get("type") == "DELETED":
         ctx.metrics.job_phase(namespace, name, None)
-        ctx.locks.pop((namespace, name), None)
-        ctx.written.pop((namespace, name), None)
+        ctx.slots.pop((namespace, name), None)
         return
-    if body.metadata.get("resourceVersion") == ctx.written.get((namespace, name)):
-        return  # the echo of our own status write
-    await reconcile(ctx, namespace, name, job_pods, scrape=False)
+    if ctx.slot((namespace, name)).seen(copy.deepcopy(dict(body))):
+        await reconcile(ctx, namespace, name, job_pods, scrape=False)
 
 
 async def on_pod_event(
-    namespace: str, labels: Mapping[str, str], memo: kopf.Memo,
-    job_pods: kopf.Index[Key, state.PodView], **_: Any,
+    event: Mapping[str, Any], namespace: str, uid: str, labels: Mapping[str, str],
+    body: kopf.Body, memo: kopf.Memo, job_pods: kopf.Index[Key, state.PodView], **_: Any,
 ) -> None:
-    await reconcile(memo.ctx, namespace, labels[resources.LABEL_JOB], job_pods, scrape=False)
+    ctx: Context = memo.ctx
+    if event.get("type") == "DELETED":
+        ctx.pod_views.pop(uid, None)
+    else:
+        view = state.PodView.from_pod(body)
+        if ctx.pod_views.get(uid) == view:
+            return  # e.g. the scheduler binding it: nothing the state machine looks at
+        ctx.pod_views[uid] = view
+    await reconcile(ctx, namespace, labels[resources.LABEL_JOB], job_pods, scrape=False)
 
 
 async def on_timer(
@@ -136,20 +185,35 @@ async def reconcile(
     ctx: Context, namespace: str, name: str, job_pods: Mapping[Key, Any], scrape: bool
 ) -> None:
     key = (namespace, name)
-    async with ctx.locks.setdefault(key, asyncio.Lock()):
-        try:
-            await _reconcile(ctx, namespace, name, list(job_pods.get(key, ())), scrape)
-        except Exception:
-            ctx.metrics.reconciles.labels(result="error").inc()
-            ctx.metrics.reconcile_errors.inc()
-            raise
-        ctx.metrics.reconciles.labels(result="ok").inc()
+    slot = ctx.slot(key)
+    slot.scrape |= scrape
+    if slot.queued:
+        return  # a pass is already waiting; it reads the state after this event anyway
+    slot.queued = True
+    try:
+        await slot.lock.acquire()
+    finally:  # also when cancelled while waiting: later triggers must not be swallowed
+        slot.queued = False
+    try:
+        scrape, slot.scrape = slot.scrape, False
+        await _reconcile(ctx, slot, namespace, name, list(job_pods.get(key, ())), scrape)
+    except Exception:
+        ctx.metrics.reconciles.labels(result="error").inc()
+        ctx.metrics.reconcile_errors.inc()
+        raise
+    finally:
+        slot.lock.release()
+    ctx.metrics.reconciles.labels(result="ok").inc()
 
 
 async def _reconcile(
-    ctx: Context, namespace: str, name: str, pods: list[state.PodView], scrape: bool
+    ctx: Context, slot: _Slot, namespace: str, name: str, pods: list[state.PodView],
+    scrape: bool,
 ) -> None:
-    body = await ctx.kube.get_job(namespace, name)
+    body = slot.body
+    if body is None:
+        body = slot.body = await ctx.kube.get_job(namespace, name)
+        slot.echo = None
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     old = _status(body)
@@ -157,7 +221,7 @@ async def _reconcile(
         job = api.parse_job({k: v for k, v in body.items() if k != "status"})
     except api.SpecError as e:
         new = state.invalid(old, [str(p) for p in e.problems], state.utcnow())
-        if new != old and await _write(ctx, body, new):
+        if new != old and await _write(ctx, slot, body, new):
             kopf.warn(_kbody(body), reason=state.REASON_VALIDATION, message=str(e))
         ctx.metrics.job_phase(namespace, name, new.phase)
         return
@@ -171,13 +235,13 @@ async def _reconcile(
         pods = [v for v in map(state.PodView.from_pod, found) if v is not None]
         d = state.decide(job, pods, state.utcnow(), sample)
     if d.status != old:
-        if not await _write(ctx, body, d.status):
-            return  # someone wrote in between; their event brings us back
+        if not await _write(ctx, slot, body, d.status):
+            return  # someone wrote in between; the next pass reads the job afresh
         for ev in d.events:
             kopf.event(_kbody(body), type=ev.type, reason=ev.reason, message=ev.message)
         _observe(ctx.metrics, d)
     ctx.metrics.job_phase(namespace, name, d.status.phase)
-    await _apply(ctx, job, d, pods)
+    await _apply(ctx, slot, job, d, pods)
 
 
 def _kbody(body: Body) -> kopf.Body:
@@ -199,14 +263,15 @@ def status_patch(st: api.LLMTrainingJobStatus) -> Body:
     return {k: compact.get(k) for k in full}
 
 
-async def _write(ctx: Context, body: Body, st: api.LLMTrainingJobStatus) -> bool:
+async def _write(ctx: Context, slot: _Slot, body: Body, st: api.LLMTrainingJobStatus) -> bool:
     meta = body["metadata"]
     written = await ctx.kube.patch_job_status(
         meta["namespace"], meta["name"], status_patch(st), meta.get("resourceVersion")
     )
     if written is None:
+        slot.body = None
         return False
-    ctx.written[(meta["namespace"], meta["name"])] = written["metadata"]["resourceVersion"]
+    slot.wrote(written)
     return True
 
 
@@ -236,7 +301,8 @@ async def _scrape(
 
 
 async def _apply(
-    ctx: Context, job: api.LLMTrainingJob, d: state.Decision, pods: list[state.PodView]
+    ctx: Context, slot: _Slot, job: api.LLMTrainingJob, d: state.Decision,
+    pods: list[state.PodView],
 ) -> None:
     ns, kube = resources.namespace_of(job), ctx.kube
     deletions = [kube.delete("Pod", ns, n) for n in d.delete_pods]
@@ -244,16 +310,16 @@ async def _apply(
         name = resources.attempt_name(job.metadata.name, stage, attempt)
         deletions += [kube.delete("Service", ns, name), kube.delete("ConfigMap", ns, name)]
     await asyncio.gather(*deletions)
-    if d.ensure is not None:
+    if d.ensure is not None and time.monotonic() - slot.ensured.get(d.ensure, -1e9) > RECREATE:
         objs = resources.build_stage_objects(job, *d.ensure, image=ctx.options.trainer_image)
         have = {p.name for p in pods}
         missing = [o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] not in have]
         if missing:
-            for obj in objs:  # the ConfigMap and Service first: pods mount the config
-                if obj["kind"] != "Pod":
-                    await kube.create(obj)
-            created = await asyncio.gather(*(kube.create(p) for p in missing))
-            ctx.metrics.pods_created.inc(sum(created))
+            # All at once: a pod created before its ConfigMap waits for it to mount.
+            others = [o for o in objs if o["kind"] != "Pod"]
+            created = await asyncio.gather(*(kube.create(o) for o in [*others, *missing]))
+            ctx.metrics.pods_created.inc(sum(created[len(others) :]))
+            slot.ensured[d.ensure] = time.monotonic()
     if d.delete_job:
         await kube.delete_job(ns, job.metadata.name)
 

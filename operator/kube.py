@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from llmtrain.operator import api
 
 Body = dict[str, Any]
+REQUEST_TIMEOUT = 30.0  # seconds; a hung call must not hold a job's pass forever
 
 
 def api_client(pool: int = 16) -> client.ApiClient:
@@ -50,7 +51,9 @@ class Kube:
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, _preload_content=False, **kwargs)
+        call = functools.partial(
+            fn, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
+        )
         rsp = await loop.run_in_executor(self._pool, call)
         data = rsp.data
         return json.loads(data) if data else None
