@@ -223,7 +223,7 @@ def operator(
     ] = 2.0,
     metrics_bind: Annotated[
         str, typer.Option(help="host:port of the operator's /metrics; empty disables it.")
-    ] = "0.0.0.0:9090",
+    ] = "0.0.0.0:8000",
     health_bind: Annotated[
         str, typer.Option(help="host:port of the liveness probe /healthz; empty disables it.")
     ] = "0.0.0.0:8080",
@@ -243,6 +243,8 @@ def operator(
     debug: Annotated[bool, typer.Option("--debug", help="Log everything.")] = False,
 ) -> None:
     """Run the kopf operator: reconcile LLMTrainingJobs into gangs of worker pods."""
+    import logging
+
     import kopf
 
     from llmtrain.operator import handlers, resources
@@ -261,6 +263,8 @@ def operator(
     metrics = bind(metrics_bind, "--metrics-bind")
     health = bind(health_bind, "--health-bind")
     kopf.configure(verbose=verbose, debug=debug)
+    if not (verbose or debug):  # one line per handled event is too much for hundreds of jobs
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     options = handlers.Options(
         trainer_image=trainer_image or resources.DEFAULT_TRAINER_IMAGE,
         resync_seconds=resync_seconds,

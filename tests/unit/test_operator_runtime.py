@@ -1,0 +1,81 @@
+"""The operator's small runtime parts without a cluster: metric parsing, its own metrics,
+the status patch, and the per-job cache that lets a pass skip the GET."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from llmtrain.operator import api, handlers, progress
+from llmtrain.operator.metrics import OperatorMetrics
+
+DRIVER = """\
+# HELP llmtrain_train_step optimizer steps done
+# TYPE llmtrain_train_step gauge
+llmtrain_train_step{job="j",namespace="n",stage="sft"} 120.0
+# TYPE llmtrain_train_loss gauge
+llmtrain_train_loss{job="j",namespace="n",stage="sft"} 1.5
+# TYPE llmtrain_tokens counter
+llmtrain_tokens_total{job="j",namespace="n",stage="sft"} 4096.0
+llmtrain_tokens_created{job="j",namespace="n",stage="sft"} 1.7e9
+# TYPE process_cpu_seconds counter
+process_cpu_seconds_total 3.0
+"""
+
+
+def test_parse_metrics_keeps_llmtrain_samples() -> None:
+    assert progress.parse_metrics(DRIVER) == {
+        "llmtrain_train_step": 120.0,
+        "llmtrain_train_loss": 1.5,
+        "llmtrain_tokens_total": 4096.0,
+    }
+
+
+def test_operator_metrics_use_the_contract_names() -> None:
+    m = OperatorMetrics()
+    m.job_phase("a", "j1", "Running")
+    m.job_phase("a", "j2", "Running")
+    m.job_phase("b", "j3", "Failed")
+    m.job_phase("a", "j2", None)  # deleted
+    m.stage_duration.labels(type="sft").observe(120)
+    m.time_to_running.observe(3)
+    m.reconciles.labels(result="ok").inc()
+    m.reconcile_errors.inc(0)
+    m.pods_created.inc(2)
+    m.stage_restarts.labels(reason="Stalled").inc()
+    text = generate_latest(m.registry).decode()
+    for line in (
+        'llmtrain_jobs{namespace="a",phase="Running"} 1.0',
+        'llmtrain_jobs{namespace="b",phase="Failed"} 1.0',
+        'llmtrain_stage_duration_seconds_count{type="sft"} 1.0',
+        "llmtrain_job_time_to_running_seconds_count 1.0",
+        'llmtrain_reconciles_total{result="ok"} 1.0',
+        "llmtrain_reconcile_errors_total 0.0",
+        "llmtrain_pods_created_total 2.0",
+        'llmtrain_stage_restarts_total{reason="Stalled"} 1.0',
+    ):
+        assert line in text, line
+
+
+def test_status_patch_nulls_what_is_unset() -> None:
+    st = api.LLMTrainingJobStatus(phase=api.Phase.Running, current_stage="sft")
+    patch = handlers.status_patch(st)
+    assert patch["phase"] == "Running" and patch["currentStage"] == "sft"
+    assert patch["completionTime"] is None and patch["loss"] is None  # removed by merge patch
+    assert "startTime" in patch and "lastTransitionTime" not in patch
+
+
+def test_slot_awaits_the_echo_of_its_own_write() -> None:
+    slot = handlers._Slot()
+
+    def body(rv: str) -> dict[str, object]:
+        return {"metadata": {"resourceVersion": rv}}
+
+    assert slot.seen(body("1")) and slot.body == body("1")
+    slot.wrote(body("3"))
+    assert slot.body == body("3")
+    # An event older than our write: the cache might now be stale, so drop it (GET next).
+    assert slot.seen(body("2")) and slot.body is None
+    slot.wrote(body("5"))
+    assert not slot.seen(body("5"))  # the echo: no pass needed, the cache stays
+    assert slot.body == body("5") and slot.echo is None
+    assert slot.seen(body("6")) and slot.body == body("6")
