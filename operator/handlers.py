@@ -350,6 +350,8 @@ def settings(
     # Post only our own Events (kopf.event), not kopf's per-handler chatter.
     s.posting.level = logging.WARNING
     s.persistence.finalizer = FINALIZER
+    # Watch only our pods: the apiserver filters, so other workloads cost us nothing.
+    s.watching.label_selectors["v1", "pods"] = resources.LABEL_JOB
     s.peering.standalone = peering is None
     s.peering.name = peering or "llmtrain"
     s.peering.clusterwide = clusterwide
