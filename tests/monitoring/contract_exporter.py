@@ -1,10 +1,13 @@
 """A stand-in training driver: serves the docs/contracts.md §4 metrics while it "trains".
 
-    python tests/monitoring/contract_exporter.py --port 9400 --namespace ns --job j --stage s
+    python tests/monitoring/contract_exporter.py --host 127.100.0.7 --port 9400 \
+        --namespace ns --job j --stage s
 
-tests/monitoring/test_prometheus.py uses it in place of `llmtrain worker` while the CLI has no
-`worker` command. It serves every §4 metric except `llmtrain_gpu_memory_allocated_bytes`
-(the trainer exports that only when CUDA is present), advances one step every
+tests/cluster/test_chart_monitoring.py binds it to a kwok pod's IP (loopback) as the head
+pod's driver: that test is about the operator under the chart's RBAC, and a real training
+run there would add minutes without testing anything new. Real `llmtrain worker` runs feed
+Prometheus in tests/monitoring/test_prometheus.py. It serves every §4 metric except
+`llmtrain_gpu_memory_allocated_bytes` (CUDA only), advances one step every
 `--step-seconds`, then keeps serving for `--linger` seconds, as a driver does before it exits.
 """
 

@@ -228,7 +228,8 @@ def check_variables(prom: Prometheus, dash: dict[str, Any], variables: dict[str,
         metric, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
         series = prom.api("series", **{"match[]": metric, "start": start, "end": end})
         values = {s.get(label) for s in series}
-        assert variables[var["name"]] in values, f"${var['name']}: {values}"
+        wanted = set(variables[var["name"]].split("|"))  # a multi-value selection
+        assert wanted <= values, f"${var['name']}: {values}"
 
 
 def check_rules(prom: Prometheus, rule: dict[str, Any]) -> None:

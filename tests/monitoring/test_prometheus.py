@@ -9,8 +9,9 @@ chart's ServiceMonitor and PodMonitor give:
 * the operator's endpoint: `llmtrain.operator.metrics.OperatorMetrics` serving on loopback,
   fed the events of a job's life through its public methods (the real operator process is
   scraped in tests/cluster/test_chart_monitoring.py);
-* a training driver during a short run: `llmtrain worker` when the CLI has it, otherwise
-  tests/monitoring/contract_exporter.py (a stand-in serving the §4 metrics).
+* real training drivers: `llmtrain worker` runs three short stages of the quickstart's tiny
+  model (pretrain, dpo, grpo: between them every §4 metric a CPU can produce), one after
+  the other, each serving /metrics on its own loopback port, as three rank 0 pods would.
 
 Each dashboard query must return data (a finite value), except the GPU ones: NVIDIA's DCGM
 exporter needs GPUs, and the trainer exports llmtrain_gpu_memory_allocated_bytes only when
@@ -19,14 +20,19 @@ CUDA is present. Those are still run, so a syntax error fails the test.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart.chart import dashboard, find, render, rules_file
 from tests.monitoring.prom import (
@@ -42,8 +48,11 @@ from tests.monitoring.prom import (
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
-NAMESPACE, JOB, STAGE = "team-a", "qs", "sft"
+NAMESPACE, JOB = "team-a", "qs"
+STAGES = ("pretrain", "dpo", "grpo")
+STAGES_TIMEOUT = 1500  # three Ray start-ups and tiny runs; minutes on a busy 2-core box
 RELEASE_NS = "llmtrain-system"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture
@@ -62,38 +71,127 @@ def operator_endpoint() -> Iterator[tuple[int, Any]]:
     yield port, metrics
 
 
-@pytest.fixture
-def driver(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    argv = [sys.executable, str(HERE / "contract_exporter.py"), "--port", str(port),
-            "--namespace", NAMESPACE, "--job", JOB, "--stage", STAGE, "--steps", "40"]
-    log = (tmp_path / "driver.log").open("wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+def _stage_configs(tmp: Path, ports: dict[str, int]) -> dict[str, Path]:
+    """Three short real stages on the quickstart's tiny model: pretrain from scratch (loss,
+    eval loss, checkpoints), then dpo (preference metrics) and grpo (reward, KL,
+    generation/update time), both starting from the pretrained model."""
+    from llmtrain.trainer.config import StageConfig
+
+    quick = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())["spec"]
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(
+        json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n"
+        for line in (EXAMPLES / "quickstart/instructions.jsonl").read_text().splitlines()[:16]))
+    common = {"maxSeqLength": 64, "loggingSteps": 1, "learningRate": 1e-3}
+    stages: dict[str, dict[str, Any]] = {
+        "pretrain": {"type": "pretrain",
+                     "dataset": {"source": str(EXAMPLES / "quickstart/corpus.txt"),
+                                 "format": "text"},
+                     "hyperparameters": {**common, "maxSteps": 12, "batchSize": 8,
+                                         "evalSteps": 4}},
+        "dpo": {"type": "dpo",
+                "dataset": {"source": str(EXAMPLES / "quickstart/preferences.jsonl"),
+                            "format": "preference"},
+                "dpo": {"beta": 0.1},
+                "hyperparameters": {**common, "maxSteps": 4, "batchSize": 4}},
+        "grpo": {"type": "grpo",
+                 "dataset": {"source": str(prompts), "format": "prompt-only"},
+                 "grpo": {"numGenerations": 2, "beta": 0.05, "targetLength": 8,
+                          "rewardFunctions": ["length-penalty"], "maxCompletionLength": 12},
+                 # long enough (seconds) for the counters to be scraped more than once
+                 "hyperparameters": {**common, "maxSteps": 30, "batchSize": 2}},
+    }
+    model = {**quick["model"], "tokenizer": {"source": str(EXAMPLES / "quickstart/tokenizer")}}
+    out = {}
+    pretrained = tmp / "storage" / JOB / "pretrain" / "final"
+    for name, stage in stages.items():
+        cfg = StageConfig.model_validate({
+            "job": JOB, "namespace": NAMESPACE, "stage": {"name": name, **stage},
+            "input_model": None if name == "pretrain" else str(pretrained),
+            "model": model, "output_dir": str(tmp / "storage" / JOB / name),
+            "checkpointing": {"everySteps": 4, "keep": 1}, "metrics_port": ports[name],
+        })
+        out[name] = tmp / f"{name}.json"
+        out[name].write_text(cfg.model_dump_json(by_alias=True))
+    return out
 
 
+class Workers:
+    """`llmtrain worker` for each stage in turn, in a thread, as a driver pod runs it."""
+
+    def __init__(self, configs: dict[str, Path], logs: Path):
+        self.configs, self.logs = configs, logs
+        self.results: dict[str, int] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               # Ray's local instance on 127.0.0.1, not the host's address.
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env.pop("RAY_ADDRESS", None)
+        for name, config in self.configs.items():
+            if self._stop.is_set():
+                return
+            with (self.logs / f"worker-{name}.log").open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "llmtrain"), "worker",
+                     "--stage-config", str(config)],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self.results[name] = self.proc.wait()
+            if self.results[name] != 0:
+                return  # later stages start from this one
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wait(self, timeout: float) -> dict[str, int]:
+        self.thread.join(timeout)
+        return self.results
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the worker checkpoints and exits on SIGTERM
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.thread.join(5)
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs / f"worker-{name}.log"
+        text = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return "\n".join(text[-lines:])
+
+
+@pytest.mark.trainer
 def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
-    prometheus_bin: Path, tmp_path: Path, operator_endpoint: tuple[int, Any], driver: int
+    prometheus_bin: Path, tmp_path: Path, operator_endpoint: tuple[int, Any]
 ) -> None:
     op_port, op_metrics = operator_endpoint
     docs = render(namespace=RELEASE_NS)
+    ports = {name: free_port() for name in STAGES}
+    pod_monitor = find(docs, "PodMonitor")
+    drivers = [scrape_config_for(pod_monitor, f"127.0.0.1:{ports[name]}",
+                                 {"namespace": NAMESPACE, "pod": f"{JOB}-{name}-a1-0"})
+               for name in STAGES]
+    driver_scrape = {**drivers[0], "static_configs": [
+        sc for d in drivers for sc in d["static_configs"]]}
     scrape = [
         scrape_config_for(find(docs, "ServiceMonitor"), f"127.0.0.1:{op_port}",
                           {"namespace": RELEASE_NS,
                            "service": find(docs, "Service")["metadata"]["name"]}),
-        scrape_config_for(find(docs, "PodMonitor"), f"127.0.0.1:{driver}",
-                          {"namespace": NAMESPACE, "pod": f"{JOB}-{STAGE}-a1-0"}),
+        driver_scrape,
     ]
     rules = rules_file(docs, tmp_path / "rules.yaml")
+    workers = Workers(_stage_configs(tmp_path, ports), tmp_path)
     start = time.time()
     with Prometheus(prometheus_bin, tmp_path, scrape, rule_files=[rules]) as prom:
-        prom.wait_for_samples('llmtrain_train_step{job="qs"}')
         prom.wait_for_samples("llmtrain_jobs")
+        workers.start()
         # The rest of the job's life, while Prometheus watches: a restart, reconciles, a
         # stage that finished, a reconcile error.
         op_metrics.stage_restarts.labels(reason="PodFailed").inc()
@@ -101,18 +199,25 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
         op_metrics.reconcile_errors.inc()
         op_metrics.pods_created.inc(2)
         op_metrics.stage_duration.labels(type="pretrain").observe(95.0)
-        prom.wait_for("the driver reached its last step",
-                      lambda: prom.query('llmtrain_train_step{job="qs"} == 40'), timeout=90)
-        time.sleep(3)  # a few more scrapes of the final values and counters
+        try:
+            results = workers.wait(timeout=STAGES_TIMEOUT)
+        finally:
+            workers.stop()
+        for name in STAGES:
+            assert results.get(name) == 0, f"llmtrain worker ({name}) failed:\n" + workers.tail(
+                name)
+        time.sleep(3)
         end = time.time()
 
         # honor_labels kept the LLMTrainingJob's labels, not the scrape job's.
-        (step,) = prom.query("llmtrain_train_step")
-        assert step["metric"]["job"] == JOB and step["metric"]["namespace"] == NAMESPACE
+        steps = prom.query_range("llmtrain_train_step", start, end)
+        assert {(s["metric"]["job"], s["metric"]["namespace"], s["metric"]["stage"])
+                for s in steps} == {(JOB, NAMESPACE, name) for name in STAGES}
         assert {"namespace": NAMESPACE, "phase": "Running"}.items() <= prom.query(
             'llmtrain_jobs{phase="Running"}')[0]["metric"].items()
 
-        variables = {"namespace": NAMESPACE, "job": JOB, "stage": STAGE}
+        # Several stages selected, as Grafana passes a multi-value variable: a regex.
+        variables = {"namespace": NAMESPACE, "job": JOB, "stage": "|".join(STAGES)}
         dash = dashboard()
         gaps, gpu_seen = dashboard_gaps(prom, dash, variables, start, end)
         assert gaps == [], "dashboard queries without data:\n" + "\n".join(gaps)
