@@ -69,9 +69,9 @@ def start_operator(
     All are stopped at the end; their logs are printed when the test failed."""
     procs: list[OperatorProcess] = []
 
-    def start(*args: str, ready: bool = True) -> OperatorProcess:
+    def start(*args: str, ready: bool = True, all_namespaces: bool = True) -> OperatorProcess:
         log = tmp_path / f"operator-{len(procs)}.log"
-        p = OperatorProcess(chart_rbac["kubeconfig"], log, *args)
+        p = OperatorProcess(chart_rbac["kubeconfig"], log, *args, all_namespaces=all_namespaces)
         procs.append(p)
         return p.wait_ready() if ready else p
 

@@ -48,11 +48,12 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 30, every: 
 class OperatorProcess:
     """`llmtrain operator` in a subprocess, with its /metrics and /healthz on loopback."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *args: str, all_namespaces: bool = True
+                 ) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.log = log
         argv = [
-            str(LLMTRAIN), "operator", "--all-namespaces",
+            str(LLMTRAIN), "operator", *(["--all-namespaces"] if all_namespaces else []),
             "--resync-seconds", "1", "--scrape-timeout", "1",
             "--metrics-bind", f"127.0.0.1:{self.metrics_port}",
             "--health-bind", f"127.0.0.1:{self.health_port}",

@@ -104,3 +104,19 @@ def test_operator_needs_only_the_chart_rules(cluster: Any, chart_rbac: dict[str,
     ]
     assert [n for n in needed if not can(*n)] == []
     assert not can("create", "secrets") and not can("get", "secrets")
+
+
+def test_watches_only_the_given_namespaces(
+    cluster: Any, start_operator: Any, h: Harness
+) -> None:
+    other = Harness(cluster, f"op-other-{uuid.uuid4().hex[:6]}")
+    cluster.create_namespace(other.ns)
+    try:
+        start_operator("--standalone", "--namespace", h.ns, all_namespaces=False)
+        h.apply(h.job_manifest("mine", stages=("sft",), workers=1))
+        other.apply(other.job_manifest("theirs", stages=("sft",), workers=1))
+        h.wait_phase("mine", "Running")
+        time.sleep(2)
+        assert other.status("theirs") == {} and not other.pod_names("theirs")
+    finally:
+        cluster.kubectl("delete", "namespace", other.ns, "--wait=false", check=False)
