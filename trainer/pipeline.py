@@ -97,12 +97,12 @@ def plan(job: Any, job_file: Path, workdir: Path, workers: int, metrics_port: in
     plans, previous = [], ""
     for cfg in configs:
         # What a stage's outputs depend on: its own spec, the base model, and everything
-        # before it (through the previous fingerprint).
+        # before it (through the previous fingerprint). No absolute paths of the workdir,
+        # so a moved workdir still resumes.
         stage_spec = cfg.stage.model_dump(mode="json", by_alias=True)
         material = {
             "stage": stage_spec,
             "model": cfg.model.model_dump(mode="json", by_alias=True),
-            "inputModel": cfg.input_model,
             "distributed": cfg.distributed.model_dump(mode="json", by_alias=True),
             "previous": previous,
         }

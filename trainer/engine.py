@@ -1,0 +1,282 @@
+"""Run one stage on Ray Train: the driver side of `llmtrain worker --stage-config FILE`.
+
+    from llmtrain.trainer import engine
+    result = engine.run(StageConfig.model_validate_json(Path("stage.json").read_text()))
+
+What `run` does, in the driver process:
+1. returns at once if `{stage}/result.json` exists (the stage already succeeded: a retried pod
+   must not train twice); deletes half-written checkpoints (checkpoint.clean);
+2. prepares the data once (stage module's `prepare_data`), logs kept/dropped counts, and saves
+   it to `{stage}/prepared/` (reused while the data config is unchanged);
+3. joins Ray at `RAY_ADDRESS`, or starts a local Ray;
+4. serves /metrics and writes progress.json / metrics.jsonl (metrics.Monitor, fed by a queue);
+5. runs `loop.train_worker` on `cfg.workers` Ray Train workers with `TorchTrainer`: gloo on CPUs,
+   nccl on GPUs; each worker resumes from the newest complete checkpoint by itself;
+6. writes `result.json` last.
+
+Storage must be shared by all workers (a PVC on a cluster): checkpoints and final/ are written
+by the workers' rank 0 (and by every rank for DeepSpeed shards), prepared data read by all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmtrain.trainer import checkpoint, models, stages
+from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.loop import STOP_FILE
+from llmtrain.trainer.metrics import Monitor, write_json
+
+log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """The stage failed; the message says where (driver data checks or a worker)."""
+
+
+class StageInterrupted(StageError):
+    """SIGTERM/SIGINT: the workers saved a checkpoint and stopped; run again to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop_file: Path) -> Iterator[list[int]]:
+    """On SIGTERM/SIGINT create `stop_file`: the workers checkpoint and stop (loop.py)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if not received:
+            log.warning("%s: saving a checkpoint, then stopping", signal.Signals(signum).name)
+            stop_file.touch()
+        received.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def absolutize(cfg: StageConfig) -> StageConfig:
+    """Make relative local paths absolute: Ray workers run in another working directory."""
+
+    def fix(value: str | None) -> str | None:
+        if value and not os.path.isabs(value) and os.path.exists(value):
+            return os.path.abspath(value)
+        return value
+
+    data = cfg.model_copy(deep=True)
+    data.output_dir = os.path.abspath(data.output_dir)
+    data.input_model = fix(data.input_model)
+    data.reward_model = fix(data.reward_model)
+    data.model.source = fix(data.model.source)
+    data.model.tokenizer.source = fix(data.model.tokenizer.source)
+    data.stage.dataset.source = fix(data.stage.dataset.source) or data.stage.dataset.source
+    return data
+
+
+def _data_key(cfg: StageConfig) -> str:
+    """Changes whenever the prepared data would: the data spec, tokenizer and lengths."""
+    src = Path(cfg.stage.dataset.source)
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime) for p in [src] if p.exists()]
+    hp = cfg.stage.hyperparameters
+    parts = [
+        cfg.stage.type,
+        cfg.stage.dataset.model_dump_json(),
+        models.tokenizer_source(cfg),
+        hp.max_seq_length,
+        hp.packing,
+        hp.seed,
+        stamp,
+    ]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_data(cfg: StageConfig, stage: Any, out: Path) -> dict[str, Any]:
+    """Run the stage's `prepare_data` in the driver and save the result for the workers."""
+    prepared = out / "prepared"
+    key = _data_key(cfg)
+    report_file = prepared / "report.json"
+    if report_file.exists():
+        report = json.loads(report_file.read_text())
+        if report.get("key") == key:
+            log.info("reusing prepared data in %s: %s", prepared, report.get("summary"))
+            return dict(report)
+    import datasets
+
+    datasets.disable_progress_bars()  # one summary line below says what happened
+    tokenizer = models.load_tokenizer(cfg)
+    train, evaluation, data_report = stage.prepare_data(cfg, tokenizer)
+    summary = data_report.summary()
+    log.info("%s", summary)
+    staging = out / ".prepared.tmp"
+    train.save_to_disk(str(staging / "train"))
+    if evaluation is not None:
+        evaluation.save_to_disk(str(staging / "eval"))
+    report = {"key": key, "summary": summary, **data_report.as_dict()}
+    write_json(staging / "report.json", report)
+    checkpoint.commit(staging, prepared)
+    return report
+
+
+def connect() -> None:
+    """Join the Ray cluster at RAY_ADDRESS, or start a local one (no dashboard)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining Ray at %s", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        log.info("starting a local Ray instance")
+        ray.init(include_dashboard=False)
+
+
+def _worker_env(use_gpu: bool) -> dict[str, str]:
+    env = {
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every printed log line shows up twice
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator, gloo collectives
+    for name in ("HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def run(cfg: StageConfig) -> dict[str, Any]:
+    """Run the stage to completion; return (and write) result.json's content."""
+    import ray
+    from ray.util.queue import Queue
+
+    cfg = absolutize(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "result.json").exists():
+        log.info("stage %s already finished: %s", cfg.stage.name, out / "result.json")
+        return dict(json.loads((out / "result.json").read_text()))
+    hp = cfg.stage.hyperparameters
+    if hp.early_stopping_patience and not _may_eval(cfg):
+        raise StageError("earlyStoppingPatience needs evaluation data (evalSplit or evalFraction)")
+    stage = stages.load(cfg.stage.type)
+    removed = checkpoint.clean(out / "checkpoints")
+    if removed:
+        log.warning("removed incomplete checkpoints: %s", ", ".join(p.name for p in removed))
+    resume = checkpoint.latest(out / "checkpoints")
+    log.info("stage %s (%s): %s", cfg.stage.name, cfg.stage.type,
+             f"resuming from {resume.name}" if resume else "starting")  # fmt: skip
+    data_report = prepare_data(cfg, stage, out)
+
+    connect()
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    use_gpu = resources.get("GPU", 0) > 0
+    cpus = int(resources.get("CPU", 1))
+    per_worker: dict[str, float] = {"CPU": max(1, cpus // cfg.workers)}
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    stop_file = out / STOP_FILE
+    stop_file.unlink(missing_ok=True)
+    queue = Queue(actor_options={"num_cpus": 0})
+    monitor = Monitor(cfg, out, queue)
+    monitor.start()
+    with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(_stop_on_signals(stop_file))
+        stack.callback(queue.shutdown)
+        stack.callback(monitor.stop)
+        outcome = _fit(cfg, out, queue, use_gpu, per_worker)
+    if getattr(outcome, "error", None):
+        raise StageError(f"stage {cfg.stage.name} failed: {_root_cause(outcome.error)}")
+    stop_file.unlink(missing_ok=True)
+    if signals and not monitor.result:  # a signal after the workers finished changes nothing
+        raise StageInterrupted(
+            f"stage {cfg.stage.name} stopped by {signal.Signals(signals[0]).name} at step "
+            f"{monitor.progress['step']}; checkpoint saved, run again to resume",
+            signals[0],
+        )
+    result = {
+        "output": str(out / "final"),
+        "steps": monitor.progress["step"],
+        "final_loss": monitor.progress["loss"],
+        "best_loss": monitor.progress["eval_loss"],
+        **{k: v for k, v in monitor.result.items() if k not in ("time", "pid")},
+        "workers": cfg.workers,
+        "data": {k: v for k, v in data_report.items() if k != "key"},
+        "finished_at": time.time(),
+    }
+    write_json(out / "result.json", result)
+    log.info("stage %s done: %d steps, loss %s -> %s", cfg.stage.name, result["steps"],
+             result.get("final_loss"), result["output"])  # fmt: skip
+    return result
+
+
+def _fit(
+    cfg: StageConfig, out: Path, queue: Any, use_gpu: bool, per_worker: dict[str, float]
+) -> Any:
+    import ray.train
+    import ray.train.torch
+
+    # Ray resolves these to Train v2 at runtime; mypy sees the v1 stubs, hence Any.
+    train: Any = ray.train
+    torch_train: Any = ray.train.torch
+    trainer = torch_train.TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg.model_dump_json(), "queue": queue},
+        scaling_config=train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        torch_config=torch_train.TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=train.RunConfig(
+            name=f"{cfg.stage.name}-{int(time.time())}",
+            storage_path=str(out / ".ray"),
+            failure_config=train.FailureConfig(max_failures=0),  # the operator retries stages
+            worker_runtime_env={"env_vars": _worker_env(use_gpu)},
+        ),
+    )
+    try:
+        return trainer.fit()
+    except Exception as e:
+        raise StageError(f"stage {cfg.stage.name} failed in a worker: {_root_cause(e)}") from e
+
+
+def _may_eval(cfg: StageConfig) -> bool:
+    spec = cfg.stage.dataset
+    return bool(spec.eval_split) or spec.eval_fraction > 0
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost message of a Ray error chain: what the user needs, not Ray's wrapping."""
+    seen = error
+    for _ in range(10):
+        nxt = getattr(seen, "cause", None) or seen.__cause__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    return f"{type(seen).__name__}: {seen}"
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    # A module-level function Ray pickles by reference; the loop imports transformers' Trainer
+    # only inside the worker.
+    from llmtrain.trainer.loop import train_worker
+
+    train_worker(config)

@@ -1,0 +1,72 @@
+"""RLHF with PPO against a reward model (see `llmtrain.trainer.ppo_core` for the algorithm).
+
+    llmtrain worker --stage-config stage.json     # stage.type: ppo, dataset.format: prompt-only
+
+The policy is the input model (with the stage's LoRA/QLoRA adapter, if any). The reward model
+is `ppo.rewardModel`: a reward stage's final/ or a path (resolved into StageConfig.reward_model).
+The reference is the policy with its adapter disabled, or, for full fine-tuning, a frozen copy
+of the input model. One rollout takes `batchSize` prompts, samples `responseLength` tokens at
+`temperature`, and is followed by `ppoEpochs` passes of `miniBatchSize` updates (each one
+optimizer step, so `maxSteps` counts updates). Logs reward mean/std, KL, and cumulative
+generation and update seconds.
+
+TRL 1.x has no PPO trainer any more (`trl.experimental.ppo` is gone from the pinned TRL), so
+this is a small PPO on `transformers.Trainer`; it runs under the same engine as every stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmtrain.trainer import alignment, data, loop, models
+from llmtrain.trainer.config import PeftMethod, StageConfig
+from llmtrain.trainer.loop import StageContext
+
+
+def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
+    return alignment.prompt_data(cfg, tokenizer, render_chat=True)
+
+
+def build(ctx: StageContext) -> Any:
+    from transformers import TrainingArguments
+
+    from llmtrain.trainer.ppo_core import PPOSettings, PPOTrainer
+
+    cfg = ctx.cfg
+    alignment.check_input_model(cfg)
+    params, hp = cfg.stage.ppo, cfg.stage.hyperparameters
+    if params is None:
+        raise ValueError(f"stage {cfg.stage.name}: ppo stages need ppo.rewardModel")
+    reward_model = alignment.load_reward_model(cfg.reward_model, cfg, ctx.tokenizer)
+    ref = None
+    if cfg.stage.peft.method == PeftMethod.none:
+        assert cfg.input_model is not None
+        ref = models.load_pretrained(
+            cfg.input_model,
+            models.resolve_dtype(cfg.model.dtype),
+            revision=cfg.model.revision,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    settings = PPOSettings(
+        kl_coef=params.kl_coef,
+        response_length=params.response_length,
+        temperature=params.temperature,
+        mini_batch_size=params.mini_batch_size,
+        ppo_epochs=params.ppo_epochs,
+        max_prompt_length=max(1, hp.max_seq_length - params.response_length),
+    )
+    kwargs = dict(ctx.training_kwargs, eval_strategy="no")
+    return PPOTrainer(
+        policy=ctx.model,
+        ref_policy=ref,
+        reward_model=reward_model,
+        settings=settings,
+        args=TrainingArguments(**kwargs),
+        train_dataset=ctx.train_dataset,
+        processing_class=ctx.tokenizer,
+    )
+
+
+def save(ctx: StageContext, trainer: Any) -> dict[str, Any]:
+    trainer.save_value_head = False  # final/ is the policy alone, loadable by later stages
+    return loop.save_final(ctx, trainer)

@@ -1,0 +1,58 @@
+"""Reward modelling: a sequence classifier that scores chosen above rejected (Bradley-Terry).
+
+    llmtrain worker --stage-config stage.json     # stage.type: reward, dataset.format: preference
+
+TRL's `RewardTrainer` on {prompt?, chosen, rejected} (strings or chat messages): the loss is
+-log sigmoid(r(chosen) - r(rejected)). The model is the input model with a fresh one-logit
+`score` head (AutoModelForSequenceClassification, num_labels=1); with LoRA the head is trained
+in full next to the adapter (peft's SEQ_CLS task). `final/` is what ppo and grpo stages load
+as their reward model. Logs `accuracy` and `margin` (-> llmtrain_preference_accuracy/_margin)
+and `mean_reward` (-> llmtrain_reward_mean).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmtrain.trainer import alignment, data, models
+from llmtrain.trainer.config import PeftMethod, StageConfig
+from llmtrain.trainer.loop import StageContext
+
+AUTO_CLASS = "AutoModelForSequenceClassification"
+PEFT_TASK_TYPE = "SEQ_CLS"
+
+
+def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
+    return alignment.preference_data(cfg)
+
+
+def load_model(ctx: StageContext) -> Any:
+    cfg = ctx.cfg
+    alignment.check_input_model(cfg)
+    assert cfg.input_model is not None
+    model = models.load_pretrained(
+        cfg.input_model,
+        models.resolve_dtype(cfg.model.dtype),
+        cfg.stage.peft.method == PeftMethod.qlora,
+        cfg.model.revision,
+        cfg.model.trust_remote_code,
+        AUTO_CLASS,
+        num_labels=1,
+    )
+    model.config.pad_token_id = ctx.tokenizer.pad_token_id  # the head pools the last real token
+    return model
+
+
+def build(ctx: StageContext) -> Any:
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(
+        **ctx.training_kwargs, max_length=ctx.cfg.stage.hyperparameters.max_seq_length
+    )
+    return RewardTrainer(
+        model=ctx.model,
+        args=args,
+        train_dataset=ctx.train_dataset,
+        eval_dataset=ctx.eval_dataset,
+        processing_class=ctx.tokenizer,
+    )

@@ -1,0 +1,89 @@
+"""Entry points behind `llmtrain worker` and `llmtrain generate` (operator/cli.py wraps them).
+
+    llmtrain worker --stage-config /etc/llmtrain/stage.json
+    llmtrain generate --model runs/quickstart/sft/final "question: what is 2 plus 3?"
+
+Both return the problems to print, one line each, so the CLI stays a thin wrapper: a bad
+config, bad data or a failed worker gives a non-zero exit and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmtrain.trainer.config import StageConfig
+
+log = logging.getLogger("llmtrain")
+
+
+def _setup_logging() -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_config(path: Path) -> StageConfig:
+    return StageConfig.model_validate_json(path.read_text())
+
+
+def run_stage(path: Path) -> tuple[int, list[str]]:
+    """Run the stage in `path`: (0, []) on success, else (exit code, problems)."""
+    _setup_logging()
+    try:
+        cfg = load_config(path)
+    except OSError as e:
+        return 1, [f"{path}: cannot read: {e.strerror}"]
+    except ValidationError as e:
+        return 1, [f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from llmtrain.trainer import engine
+    from llmtrain.trainer.data import DataError
+
+    try:
+        engine.run(cfg)
+    except engine.StageInterrupted as e:
+        return 128 + e.signum, [str(e)]
+    except (DataError, engine.StageError, ValueError) as e:
+        log.debug("stage failed", exc_info=True)
+        return 1, [str(e)]
+    return 0, []
+
+
+def generate(model: str, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> str:
+    """Complete `prompt` with a full model or adapter dir (greedy when temperature is 0)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from llmtrain.trainer import models
+
+    tok = AutoTokenizer.from_pretrained(models.tokenizer_dir(model))
+    lm = models.load_pretrained(model)
+    lm.eval()
+    inputs = tok(prompt, return_tensors="pt")
+    sample: dict[str, Any] = {"do_sample": True, "temperature": temperature} if temperature else {}
+    with torch.no_grad():
+        out = lm.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            **sample,
+        )
+    return str(tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def generate_cli(
+    model: str, prompt: str, max_new_tokens: int, temperature: float
+) -> tuple[str, list[str]]:
+    """`llmtrain generate`: (completion, []) on success, else ("", problems)."""
+    if not Path(model).exists() and model.startswith(("/", ".")):
+        return "", [f"{model}: no such model directory"]
+    try:
+        return generate(model, prompt, max_new_tokens, temperature), []
+    except (OSError, ValueError) as e:
+        return "", [f"{model}: {e}"]
