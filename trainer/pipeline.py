@@ -52,7 +52,9 @@ def _abs_if_local(value: str | None, base: Path) -> str | None:
     return str(candidate.resolve()) if candidate.exists() else value
 
 
-def _localise(model: ModelSpec, stages: list[StageSpec], base: Path) -> tuple[ModelSpec, list]:
+def _localise(
+    model: ModelSpec, stages: list[StageSpec], base: Path
+) -> tuple[ModelSpec, list[StageSpec]]:
     tok = model.tokenizer.model_copy(update={"source": _abs_if_local(model.tokenizer.source, base)})
     model = model.model_copy(update={"source": _abs_if_local(model.source, base), "tokenizer": tok})
     out = []
@@ -79,7 +81,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
-def plan(job: Any, job_file: Path, workdir: Path, workers: int, metrics_port: int | None):
+def plan(
+    job: Any, job_file: Path, workdir: Path, workers: int, metrics_port: int | None
+) -> list[StagePlan]:
     """Resolve stage configs and decide, per stage, run / skip / conflict."""
     spec = job.spec
     model, stages = _localise(spec.model, spec.stages, job_file.resolve().parent)
@@ -224,7 +228,7 @@ def run_job(
         _run_stage(p, view)
     from llmtrain.trainer.report import write_report
 
-    job_dir = workdir.resolve() / job.metadata.name
+    job_dir: Path = workdir.resolve() / job.metadata.name
     write_report(job_dir, [p.config for p in plans])
     view.note(f"report: {job_dir / 'report.md'}")
     return job_dir

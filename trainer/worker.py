@@ -42,6 +42,10 @@ def run_stage(path: Path) -> tuple[int, list[str]]:
     except ValidationError as e:
         return 1, [f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.environ.get("RAY_ADDRESS"):
+        # A one-machine Ray must stay on loopback; Ray binds the host's address otherwise.
+        # Read when ray is first imported, so set it before that.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from llmtrain.trainer import engine
     from llmtrain.trainer.data import DataError
 

@@ -1,0 +1,114 @@
+"""`llmtrain run` on the quickstart, end to end, as a user runs it (a separate process).
+
+Reduced steps keep it inside CI's budget; the stages, data, model and code paths are the
+quickstart's own. One run is interrupted with SIGTERM in the middle of the SFT stage, then
+re-run: it must skip the finished stage, resume SFT from its checkpoint, and finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.trainer]
+LLMTRAIN = str(Path(sys.executable).parent / "llmtrain")
+STEPS = {"pretrain": 30, "sft": 40, "dpo": 8}
+
+
+def reduced_quickstart(tmp: Path) -> Path:
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    for stage in doc["spec"]["stages"]:
+        stage["hyperparameters"]["maxSteps"] = STEPS[stage["name"]]
+        stage["hyperparameters"]["loggingSteps"] = 2
+        stage["dataset"]["source"] = str(ROOT / "examples" / stage["dataset"]["source"])
+    doc["spec"]["model"]["tokenizer"]["source"] = str(ROOT / "examples/quickstart/tokenizer")
+    doc["spec"]["checkpointing"] = {"everySteps": 5, "keep": 2}
+    path = tmp / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TERM": "dumb"}
+
+
+def _wait_for_checkpoint(stage_dir: Path, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        if list(stage_dir.glob("checkpoints/checkpoint-*/COMPLETE")):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no complete checkpoint in {stage_dir} after {timeout}s")
+
+
+def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
+    job = reduced_quickstart(tmp_path)
+    work = tmp_path / "work"
+    cmd = [LLMTRAIN, "run", str(job), "--workdir", str(work)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+    )
+    sft = work / "quickstart" / "sft"
+    _wait_for_checkpoint(sft, proc, timeout=900)
+    proc.send_signal(signal.SIGTERM)
+    first, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, first
+    assert "interrupted at step" in first and "Run the same command again to resume" in first
+    assert (work / "quickstart" / "pretrain" / "result.json").exists()
+    assert not (sft / "result.json").exists()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1200)
+    assert second.returncode == 0, second.stdout + second.stderr
+    out = second.stdout
+    assert "stage pretrain already complete, skipping" in out
+    assert "stage sft (sft) resuming from checkpoint-" in out
+    assert "stage dpo (dpo) starting" in out
+
+    report = json.loads((work / "quickstart" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["pretrain", "sft", "dpo"]
+    for s in report["stages"]:
+        assert s["steps"] == STEPS[s["stage"]], s  # resumed SFT ends at the same step count
+        assert s["final_loss"] is not None and s["best_loss"] <= s["final_loss"] + 1e-9
+        stage_dir = work / "quickstart" / s["stage"]
+        assert (stage_dir / "final").is_dir() and (stage_dir / "progress.json").exists()
+        assert (stage_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    pretrain_losses = [
+        r["loss"]
+        for r in map(json.loads, (work / "quickstart/pretrain/metrics.jsonl").read_text().split())
+        if "loss" in r
+    ]
+    assert pretrain_losses[-1] < pretrain_losses[0]
+    assert "| sft | sft |" in (work / "quickstart" / "report.md").read_text()
+
+    # The result answers a prompt.
+    gen = run_cli(
+        "generate",
+        "--model",
+        str(work / "quickstart/dpo/final"),
+        "### Question: What color is the sky?\n### Answer:",
+    )
+    assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr
+
+
+def test_run_rejects_a_bad_job_with_the_validator_errors(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["spec"]["stages"][1]["peft"]["r"] = 0
+    doc["spec"]["stages"][2]["type"] = "dpo2"
+    bad.write_text(yaml.safe_dump(doc))
+    r = run_cli("run", str(bad), "--workdir", str(tmp_path / "w"))
+    assert r.returncode == 1, r.stdout
+    assert f"{bad}: spec.stages[1].peft.r: must be greater than 0" in r.stderr
+    assert f"{bad}: spec.stages[2].type: must be 'pretrain'" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
