@@ -191,8 +191,12 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     connect()
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     use_gpu = resources.get("GPU", 0) > 0
-    cpus = int(resources.get("CPU", 1))
-    per_worker: dict[str, float] = {"CPU": max(1, cpus // cfg.workers)}
+    # Share the CPUs out (torch's thread count follows them); fractions when workers > CPUs,
+    # so a local run with more workers than cores starts instead of waiting forever.
+    cpus = resources.get("CPU", 1.0)
+    per_worker: dict[str, float] = {"CPU": max(1, int(cpus // cfg.workers))}
+    if cpus < cfg.workers:
+        per_worker["CPU"] = cpus / cfg.workers
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     stop_file = out / STOP_FILE
     stop_file.unlink(missing_ok=True)
