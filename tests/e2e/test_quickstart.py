@@ -85,7 +85,9 @@ def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
         assert (stage_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     pretrain_losses = [
         r["loss"]
-        for r in map(json.loads, (work / "quickstart/pretrain/metrics.jsonl").read_text().split())
+        for r in map(
+            json.loads, (work / "quickstart/pretrain/metrics.jsonl").read_text().splitlines()
+        )
         if "loss" in r
     ]
     assert pretrain_losses[-1] < pretrain_losses[0]
