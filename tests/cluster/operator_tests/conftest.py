@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,18 +48,43 @@ def chart_rbac(cluster: Any, operator_crds: None) -> dict[str, Any]:
     server = json.loads(cluster.kubectl("version", "-o", "json"))["serverVersion"]["gitVersion"]
     with contextlib.suppress(Exception):
         cluster.create_namespace(SYSTEM_NS)
-    text = cluster.helm("template", RELEASE, str(REPO / "charts" / "llmtrain"),
-                        "--namespace", SYSTEM_NS, "--kube-version", server.lstrip("v"))
+    text = cluster.helm(
+        "template",
+        RELEASE,
+        str(REPO / "charts" / "llmtrain"),
+        "--namespace",
+        SYSTEM_NS,
+        "--kube-version",
+        server.lstrip("v"),
+    )
     docs = [d for d in yaml.safe_load_all(text) if d]
     rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                          "items": rbac}))
-    sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"
-              and d["metadata"]["labels"].get("app.kubernetes.io/component") == "operator")
-    role = next(d for d in rbac if d["kind"] == "ClusterRole"
-                and d["metadata"]["name"] == f"{RELEASE}-llmtrain-operator")
-    return {"kubeconfig": cluster.kubeconfig_for_sa(SYSTEM_NS, sa), "sa": sa,
-            "rules": role["rules"]}
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac})
+    )
+    sa = next(
+        d["metadata"]["name"]
+        for d in rbac
+        if d["kind"] == "ServiceAccount"
+        and d["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
+    )
+    role = next(
+        d
+        for d in rbac
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == f"{RELEASE}-llmtrain-operator"
+    )
+    # The apiserver's RBAC authorizer learns new bindings from a watch: under load that lags,
+    # and an operator started before it would log 403s. Wait until the grant is visible.
+    who = f"system:serviceaccount:{SYSTEM_NS}:{sa}"
+    deadline = time.monotonic() + 60
+    can = ("auth", "can-i", "patch", "llmtrainingjobs.llmtrain.io/status", "-A", "--as", who)
+    while cluster.kubectl(*can, check=False).strip() != "yes" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return {
+        "kubeconfig": cluster.kubeconfig_for_sa(SYSTEM_NS, sa),
+        "sa": sa,
+        "rules": role["rules"],
+    }
 
 
 @pytest.fixture
@@ -88,14 +114,27 @@ def ns(cluster: Any, chart_rbac: dict[str, Any]) -> Iterator[str]:
     jobs lose the operator's finalizer, so the namespace goes without an operator."""
     name = f"op-{uuid.uuid4().hex[:8]}"
     cluster.create_namespace(name)
-    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
-                    "pod-security.kubernetes.io/enforce-version=latest")
+    cluster.kubectl(
+        "label",
+        "namespace",
+        name,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
     yield name
     cluster.kubectl("delete", "llmtj", "--all", "-n", name, "--wait=false", check=False)
     out = cluster.kubectl("get", "llmtj", "-n", name, "-o", "name", check=False)
     for job in out.split():
-        cluster.kubectl("patch", job, "-n", name, "--type=merge",
-                        "-p", '{"metadata":{"finalizers":null}}', check=False)
+        cluster.kubectl(
+            "patch",
+            job,
+            "-n",
+            name,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
