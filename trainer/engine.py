@@ -221,7 +221,7 @@ def run(cfg: StageConfig) -> dict[str, Any]:
         "output": str(out / "final"),
         "steps": monitor.progress["step"],
         "final_loss": monitor.progress["loss"],
-        "best_loss": monitor.progress["eval_loss"],
+        "best_loss": monitor.progress["loss"],
         **{k: v for k, v in monitor.result.items() if k not in ("time", "pid")},
         "workers": cfg.workers,
         "data": {k: v for k, v in data_report.items() if k != "key"},

@@ -303,7 +303,8 @@ def _report_end(queue: Any, trainer: Any, output: Any, final_eval: dict[str, Any
         "kind": "end",
         "steps": trainer.state.global_step,
         "final_loss": losses[-1] if losses else None,
-        "best_loss": min(evals) if evals else (min(losses) if losses else None),
+        "best_loss": min(losses) if losses else None,  # same series as final_loss
+        "best_eval_loss": min(evals) if evals else None,
         "eval_loss": final_eval.get("eval_loss"),
         "train_loss": output.training_loss,
         "train_runtime": runtime,
