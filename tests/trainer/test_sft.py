@@ -71,6 +71,12 @@ def test_lora_on_chats_with_two_workers_zero2_merges_and_generates(
     assert set(merged) == set(weights(base))
     changed = [k for k in merged if "proj" in k and not merged[k].equal(weights(base)[k])]
     assert changed
+    # A later stage may start from final/ itself: the adapter is applied to its base and merged.
+    from llmtrain.trainer import models
+
+    loaded = models.load_pretrained(str(final)).state_dict()
+    assert all(loaded[k].allclose(merged[k], atol=1e-6) for k in merged)
+    assert models.tokenizer_dir(str(final)) == str(final)  # final/ carries the tokenizer
     prompt = "<|bos|><|system|>you are a helpful bot.\n<|user|>say hello to ann.\n<|assistant|>"
     cli = Path(sys.executable).parent / "llmtrain"
     done = subprocess.run(
