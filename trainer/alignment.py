@@ -83,6 +83,18 @@ def prompt_data(
     return train, None, report
 
 
+def load_reference(cfg: StageConfig) -> Any:
+    """A frozen reference policy loaded from the stage's input model (full fine-tuning only;
+    with an adapter the reference is the base with the adapter disabled)."""
+    assert cfg.input_model is not None
+    return models.load_pretrained(
+        cfg.input_model,
+        models.resolve_dtype(cfg.model.dtype),
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+
+
 def load_reward_model(source: str | None, cfg: StageConfig, tokenizer: Any) -> Any:
     """A frozen sequence-classification reward model (a reward stage's final/ or a path)."""
     if not source:

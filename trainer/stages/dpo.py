@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtrain.trainer import alignment, data, models
+from llmtrain.trainer import alignment, data
 from llmtrain.trainer.config import DPOParams, PeftMethod, StageConfig
 from llmtrain.trainer.loop import StageContext
 
@@ -45,13 +45,7 @@ def build(ctx: StageContext) -> Any:
     if full and not params.precompute_ref_log_probs:
         # Loaded from the input model, not copied from the policy: under ZeRO-3 the policy is
         # already partitioned, and on resume it is the input model that is the reference.
-        assert cfg.input_model is not None
-        ref_model = models.load_pretrained(
-            cfg.input_model,
-            models.resolve_dtype(cfg.model.dtype),
-            revision=cfg.model.revision,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
+        ref_model = alignment.load_reference(cfg)
     return DPOTrainer(
         model=alignment.prepare_kbit(ctx.model, cfg),
         ref_model=ref_model,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtrain.trainer import alignment, data, loop, models
+from llmtrain.trainer import alignment, data, loop
 from llmtrain.trainer.config import PeftMethod, StageConfig
 from llmtrain.trainer.loop import StageContext
 
@@ -40,13 +40,7 @@ def build(ctx: StageContext) -> Any:
     reward_model = alignment.load_reward_model(cfg.reward_model, cfg, ctx.tokenizer)
     ref = None
     if cfg.stage.peft.method == PeftMethod.none:
-        assert cfg.input_model is not None
-        ref = models.load_pretrained(
-            cfg.input_model,
-            models.resolve_dtype(cfg.model.dtype),
-            revision=cfg.model.revision,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
+        ref = alignment.load_reference(cfg)
     settings = PPOSettings(
         kl_coef=params.kl_coef,
         response_length=params.response_length,
