@@ -20,13 +20,21 @@ sys.meta_path.insert(0, Block())
 """
 
 
-def test_stdlib_operator_still_works_from_repo_root(root) -> None:
+@pytest.mark.parametrize("how", ["-c", "-m"])
+def test_stdlib_operator_still_works_from_repo_root(root, how) -> None:
+    # -S: no site-packages, so nothing imports the stdlib `operator` before the repo root
+    # (sys.path[0]) is searched; `-m` is how a fresh venv's `python -m pip` starts (runpy
+    # pulls in collections, which needs operator.eq).
     code = (
         "import operator, functools\n"
         "assert functools.reduce(operator.add, [1, 2]) == 3\n"
         "print(operator.__file__)"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    if how == "-c":
+        cmd = [sys.executable, "-S", "-c", code]
+    else:
+        cmd = [sys.executable, "-S", "-m", "json.tool", "--compact"]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, input='{"a": 1}')
     assert r.returncode == 0, r.stderr
     assert str(root / "operator") not in r.stdout
 

@@ -1,1 +1,0 @@
-"""Operator side of llmtrain: API types, builders, state machine and kopf handlers."""
