@@ -90,6 +90,10 @@ def corpus(rng: random.Random) -> str:
                     ]
                 )
             )
+    # People also talk in hedges; a base model that has read them can learn to answer in
+    # either style during SFT (LoRA cannot teach the tied embeddings new words).
+    facts = [a for _, a in qa_pairs()]
+    lines += [hedge(rng, rng.choice(facts)) for _ in range(len(lines) // 5)]
     rng.shuffle(lines)
     # Paragraphs of a few sentences read more like prose than one fact per line.
     return "\n".join(" ".join(lines[i : i + 4]) for i in range(0, len(lines), 4)) + "\n"

@@ -1,8 +1,10 @@
 """`llmtrain run` on the quickstart, end to end, as a user runs it (a separate process).
 
-Reduced steps keep it inside CI's budget; the stages, data, model and code paths are the
-quickstart's own. One run is interrupted with SIGTERM in the middle of the SFT stage, then
-re-run: it must skip the finished stage, resume SFT from its checkpoint, and finish.
+The quickstart's own stages, data, model and step counts (only checkpoints come more
+often, so there is one to resume from early in SFT). The run is interrupted with SIGTERM in
+the middle of the SFT stage, then re-run: it must skip the finished stage, resume SFT from
+its checkpoint, and finish. Then the quickstart's promise is measured on sampled answers:
+the SFT model answers in the instruction format, and DPO shifts it to the chosen style.
 """
 
 from __future__ import annotations
@@ -19,20 +21,20 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_cli
+from tests.e2e import behaviour
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.trainer]
 LLMTRAIN = str(Path(sys.executable).parent / "llmtrain")
-STEPS = {"pretrain": 30, "sft": 40, "dpo": 8}
+QUICKSTART = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+STEPS = {s["name"]: s["hyperparameters"]["maxSteps"] for s in QUICKSTART["spec"]["stages"]}
 
 
-def reduced_quickstart(tmp: Path) -> Path:
+def quickstart_copy(tmp: Path) -> Path:
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     for stage in doc["spec"]["stages"]:
-        stage["hyperparameters"]["maxSteps"] = STEPS[stage["name"]]
-        stage["hyperparameters"]["loggingSteps"] = 2
         stage["dataset"]["source"] = str(ROOT / "examples" / stage["dataset"]["source"])
     doc["spec"]["model"]["tokenizer"]["source"] = str(ROOT / "examples/quickstart/tokenizer")
-    doc["spec"]["checkpointing"] = {"everySteps": 5, "keep": 2}
+    doc["spec"]["checkpointing"] = {"everySteps": 10, "keep": 2}
     path = tmp / "quickstart.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -48,12 +50,12 @@ def _wait_for_checkpoint(stage_dir: Path, proc: subprocess.Popen, timeout: float
         assert proc.poll() is None, proc.communicate()[0]
         if list(stage_dir.glob("checkpoints/checkpoint-*/COMPLETE")):
             return
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"no complete checkpoint in {stage_dir} after {timeout}s")
 
 
 def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
-    job = reduced_quickstart(tmp_path)
+    job = quickstart_copy(tmp_path)
     work = tmp_path / "work"
     cmd = [LLMTRAIN, "run", str(job), "--workdir", str(work)]
     proc = subprocess.Popen(
@@ -101,6 +103,17 @@ def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
         "### Question: What color is the sky?\n### Answer:",
     )
     assert gen.returncode == 0 and gen.stdout.strip(), gen.stderr
+
+    # The promise: SFT teaches the answer format (half its examples hedge, so the SFT model
+    # does too); DPO on plain-over-hedge pairs makes plain answers the clear majority.
+    prompts = behaviour.questions()
+    sft_plain, sft_hedged, sft_answers = behaviour.measure(work / "quickstart/sft/final", prompts)
+    dpo_plain, dpo_hedged, dpo_answers = behaviour.measure(work / "quickstart/dpo/final", prompts)
+    shown = f"sft {sft_answers[:8]}\ndpo {dpo_answers[:8]}"
+    assert sft_plain + sft_hedged >= 0.7, shown  # the instruction format, in either style
+    assert sft_hedged >= 0.1, shown  # there is a style for DPO to move away from
+    assert dpo_plain >= sft_plain + 0.1 and dpo_plain >= 0.7, shown
+    assert dpo_hedged <= sft_hedged / 2, shown
 
 
 def test_run_rejects_a_bad_job_with_the_validator_errors(tmp_path) -> None:
