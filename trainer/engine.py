@@ -143,12 +143,13 @@ def connect() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    runtime_env = {"worker_process_setup_hook": "llmtrain.trainer.ray_setup.quiet"}
     if address:
         log.info("joining Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         log.info("starting a local Ray instance")
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, runtime_env=runtime_env)
 
 
 def _worker_env(use_gpu: bool) -> dict[str, str]:
@@ -198,6 +199,11 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     if cpus < cfg.workers:
         per_worker["CPU"] = cpus / cfg.workers
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    # Ray Train extras a stage does not use, each one more actor process to start: the
+    # preemption watcher serves Ray-level restarts (we run max_failures=0; the operator retries
+    # the stage), and Ray Train metrics need Ray's dashboard (ours go to /metrics).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     stop_file = out / STOP_FILE
     stop_file.unlink(missing_ok=True)
     queue = Queue(actor_options={"num_cpus": 0})
