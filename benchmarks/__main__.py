@@ -1,8 +1,30 @@
-"""Run every benchmark in turn: `python -m benchmarks` (`make bench`)."""
+"""Run every benchmark in turn: `python -m benchmarks` (`make bench`).
+
+    python -m benchmarks            # all: SFT throughput, then the operator at scale
+    python -m benchmarks sft        # one of them by name
+
+The operator benchmark builds (or reuses) the control plane from tests/controlplane.
+"""
 
 from __future__ import annotations
 
-from benchmarks import sft_throughput
+import sys
+
+from benchmarks import operator_scale, sft_throughput
+
+BENCHMARKS = {
+    "sft": lambda: sft_throughput.main([]),
+    "operator": lambda: operator_scale.main([]),
+}
 
 if __name__ == "__main__":
-    sft_throughput.main([])
+    names = sys.argv[1:] or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    failed = []
+    for name in names:
+        print(f"== benchmark {name}", flush=True)
+        if BENCHMARKS[name]() not in (None, 0) and name == "operator":  # an exit status
+            failed.append(name)
+    sys.exit(f"failed: {failed}" if failed else 0)
