@@ -134,7 +134,14 @@ class RunPolicy(Model):
 
 
 class Monitoring(Model):
-    metrics_port: int = Field(9400, ge=1024, le=65535, description="Driver /metrics port.")
+    # No schema default: the apiserver would store it in every job, and the operator's
+    # configured port (`llmtrain operator --driver-metrics-port`) could never apply.
+    metrics_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="Driver /metrics port. Default: the operator's `--driver-metrics-port` (9400).",
+    )
 
 
 _IMMUTABLE = ("model", "stages", "resources", "distributed", "storage", "checkpointing")

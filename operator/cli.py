@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -20,6 +20,9 @@ from rich.console import Console
 from rich.text import Text
 
 from llmtrain.operator import api
+
+if TYPE_CHECKING:
+    from llmtrain.operator.resources import JobDefaults
 
 app = typer.Typer(
     name="llmtrain",
@@ -171,6 +174,44 @@ def run(
     out.print(f"done: {job_dir}")
 
 
+# What the operator fills in where a job leaves it unset; `render` takes the same options, so
+# it shows what the operator creates. The Helm chart sets the environment variables.
+DefaultPvc = Annotated[
+    str,
+    typer.Option(
+        envvar="LLMTRAIN_DEFAULT_PVC",
+        help="PersistentVolumeClaim for jobs whose spec.storage sets neither pvc nor objectStore.",
+    ),
+]
+DriverMetricsPort = Annotated[
+    int,
+    typer.Option(
+        envvar="LLMTRAIN_METRICS_PORT", min=1024, max=65535,
+        help="Driver /metrics port for jobs that set no spec.monitoring.metricsPort.",
+    ),
+]
+WorkerServiceAccount = Annotated[
+    str,
+    typer.Option(
+        envvar="LLMTRAIN_WORKER_SERVICE_ACCOUNT",
+        help="ServiceAccount of job pods; empty: the namespace's default.",
+    ),
+]
+
+
+def _job_defaults(
+    image: str | None, pvc: str, metrics_port: int, service_account: str
+) -> JobDefaults:
+    from llmtrain.operator import resources
+
+    return resources.JobDefaults(
+        image=image or resources.DEFAULT_TRAINER_IMAGE,
+        pvc=pvc or None,
+        metrics_port=metrics_port,
+        service_account=service_account or None,
+    )
+
+
 @app.command()
 def render(
     job_file: Annotated[Path, typer.Argument(help="LLMTrainingJob manifest.")],
@@ -180,8 +221,14 @@ def render(
     attempt: Annotated[int, typer.Option(min=1, help="Attempt number in the names.")] = 1,
     image: Annotated[
         str | None,
-        typer.Option(envvar="LLMTRAIN_TRAINER_IMAGE", help="Trainer image when the job sets none."),
+        typer.Option(
+            "--image", "--trainer-image", envvar="LLMTRAIN_TRAINER_IMAGE",
+            help="Trainer image when the job sets none.",
+        ),
     ] = None,
+    default_pvc: DefaultPvc = "",
+    driver_metrics_port: DriverMetricsPort = 9400,
+    worker_service_account: WorkerServiceAccount = "",
 ) -> None:
     """Print the ConfigMap, Service and pods the operator creates for a stage (YAML)."""
     from llmtrain.operator import resources
@@ -192,9 +239,8 @@ def render(
         _fail([f"{job_file}: no stage {stage!r}; stages are {', '.join(names)}"])
     if job.metadata.namespace is None:
         job.metadata.namespace = "default"
-    objs = resources.build_stage_objects(
-        job, stage or names[0], attempt, image or resources.DEFAULT_TRAINER_IMAGE
-    )
+    defaults = _job_defaults(image, default_pvc, driver_metrics_port, worker_service_account)
+    objs = resources.build_stage_objects(job, stage or names[0], attempt, defaults)
     out.print(resources.to_yaml(objs), end="", markup=False)
 
 
@@ -211,6 +257,9 @@ def operator(
         str | None,
         typer.Option(envvar="LLMTRAIN_TRAINER_IMAGE", help="Image for jobs that set none."),
     ] = None,
+    default_pvc: DefaultPvc = "",
+    driver_metrics_port: DriverMetricsPort = 9400,
+    worker_service_account: WorkerServiceAccount = "",
     resync_seconds: Annotated[
         float,
         typer.Option(
@@ -247,7 +296,7 @@ def operator(
 
     import kopf
 
-    from llmtrain.operator import handlers, resources
+    from llmtrain.operator import handlers
 
     if namespace and all_namespaces:
         _fail(["--namespace and --all-namespaces exclude each other"])
@@ -266,7 +315,9 @@ def operator(
     if not (verbose or debug):  # one line per handled event is too much for hundreds of jobs
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     options = handlers.Options(
-        trainer_image=trainer_image or resources.DEFAULT_TRAINER_IMAGE,
+        job_defaults=_job_defaults(
+            trainer_image, default_pvc, driver_metrics_port, worker_service_account
+        ),
         resync_seconds=resync_seconds,
         scrape_timeout=scrape_timeout,
         namespaces=list(namespace or []),

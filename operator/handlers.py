@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import random
 import time
@@ -45,7 +46,7 @@ PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 
 @dataclass
 class Options:
-    trainer_image: str = resources.DEFAULT_TRAINER_IMAGE
+    job_defaults: resources.JobDefaults = field(default_factory=resources.JobDefaults)
     resync_seconds: float = 10.0
     scrape_timeout: float = 2.0
     namespaces: list[str] = field(default_factory=list)  # empty: every namespace
@@ -241,7 +242,24 @@ async def _reconcile(
             kopf.event(_kbody(body), type=ev.type, reason=ev.reason, message=ev.message)
         _observe(ctx.metrics, d)
     ctx.metrics.job_phase(namespace, name, d.status.phase)
-    await _apply(ctx, slot, job, d, pods)
+    known = slot.body  # the job as it is with d.status
+    refused = await _apply(ctx, slot, job, d, pods)
+    if refused and d.ensure is not None and known is not None and slot.body is known:
+        await _report_refused(ctx, slot, known, job, d, refused)
+
+
+async def _report_refused(
+    ctx: Context, slot: _Slot, body: Body, job: api.LLMTrainingJob, d: state.Decision,
+    refused: list[str],
+) -> None:
+    """Without this the job would sit in Pending with nothing said: a CreateFailed condition
+    and a Warning Event, once per distinct reason (a retry refused alike changes nothing)."""
+    assert d.ensure is not None
+    msg = refusal_message(job, *d.ensure, refused, ctx.options.job_defaults)
+    new = state.create_refused(d.status, msg, state.utcnow())
+    if new != d.status and await _write(ctx, slot, body, new):
+        kopf.event(_kbody(body), type=state.WARNING, reason=state.REASON_FAILED_CREATE,
+                   message=msg)
 
 
 def _kbody(body: Body) -> kopf.Body:
@@ -295,7 +313,7 @@ async def _scrape(
     )
     if head is None or not head.ip or head.phase != "Running":
         return None
-    port = job.spec.monitoring.metrics_port
+    port = resources.metrics_port(job, ctx.options.job_defaults)
     values = await progress.scrape(head.ip, port, ctx.options.scrape_timeout)
     return state.Scrape(cur.name, cur.attempt, values) if values is not None else None
 
@@ -303,25 +321,68 @@ async def _scrape(
 async def _apply(
     ctx: Context, slot: _Slot, job: api.LLMTrainingJob, d: state.Decision,
     pods: list[state.PodView],
-) -> None:
+) -> list[str]:
+    """Delete and create what `d` says; returns the apiserver's reasons for each object
+    it refused to create (the job then waits, and retries after RECREATE)."""
     ns, kube = resources.namespace_of(job), ctx.kube
+    refused: list[str] = []
     deletions = [kube.delete("Pod", ns, n) for n in d.delete_pods]
     for stage, attempt in d.delete_attempts:
         name = resources.attempt_name(job.metadata.name, stage, attempt)
         deletions += [kube.delete("Service", ns, name), kube.delete("ConfigMap", ns, name)]
     await asyncio.gather(*deletions)
     if d.ensure is not None and time.monotonic() - slot.ensured.get(d.ensure, -1e9) > RECREATE:
-        objs = resources.build_stage_objects(job, *d.ensure, image=ctx.options.trainer_image)
+        objs = resources.build_stage_objects(job, *d.ensure, ctx.options.job_defaults)
         have = {p.name for p in pods}
         missing = [o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] not in have]
         if missing:
             # All at once: a pod created before its ConfigMap waits for it to mount.
             others = [o for o in objs if o["kind"] != "Pod"]
-            created = await asyncio.gather(*(kube.create(o) for o in [*others, *missing]))
-            ctx.metrics.pods_created.inc(sum(created[len(others) :]))
+            results = await asyncio.gather(
+                *(kube.create(o) for o in [*others, *missing]), return_exceptions=True
+            )
+            for r in results:
+                why = _refusal(r) if isinstance(r, ApiException) else ""
+                if why:
+                    refused.append(why)
+                elif isinstance(r, BaseException):
+                    raise r
+            ctx.metrics.pods_created.inc(sum(r is True for r in results[len(others) :]))
             slot.ensured[d.ensure] = time.monotonic()
     if d.delete_job:
         await kube.delete_job(ns, job.metadata.name)
+    return refused
+
+
+def _refusal(e: ApiException) -> str:
+    """The apiserver's message when it refused a request for good (a 4xx other than
+    throttling), e.g. `pods "x" is forbidden: error looking up service account ...`;
+    empty for errors worth raising (5xx, 429, no response)."""
+    if e.status is None or not 400 <= e.status < 500 or e.status == 429:
+        return ""
+    try:
+        message = json.loads(e.body or "")["message"]
+    except (TypeError, ValueError, KeyError):
+        message = None
+    return str(message or f"{e.status} {e.reason}")
+
+
+def refusal_message(
+    job: api.LLMTrainingJob, stage: str, attempt: int, refused: list[str],
+    defaults: resources.JobDefaults,
+) -> str:
+    """One line for the CreateFailed condition and its Event."""
+    msg = f"stage {stage} attempt {attempt}: {refused[0]}"
+    if len(refused) > 1:
+        msg += f" (and {len(refused) - 1} more)"
+    sa = defaults.service_account
+    if sa and f'serviceaccount "{sa}" not found' in msg:
+        ns = resources.namespace_of(job)
+        msg += (
+            f"; worker pods run as ServiceAccount {sa!r}: create it in namespace {ns!r}"
+            " (the Helm chart creates it in its jobNamespaces)"
+        )
+    return msg
 
 
 # ---- wiring ------------------------------------------------------------------------------

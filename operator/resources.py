@@ -1,6 +1,7 @@
 """Pure builders: one stage attempt of an LLMTrainingJob as Kubernetes manifests.
 
-    objs = build_stage_objects(job, "sft", attempt=1, image="ghcr.io/llmtrain/trainer:0.1.0")
+    defaults = JobDefaults(image="ghcr.io/llmtrain/trainer:0.1.0", pvc="llm-checkpoints")
+    objs = build_stage_objects(job, "sft", attempt=1, defaults=defaults)
     # [ConfigMap, Service, Pod rank 0 (Ray head + driver), Pod rank 1, ...]
 
 No I/O and no kopf: the same functions feed the operator and `llmtrain render`, and the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -43,6 +45,21 @@ TERMINATION_GRACE_SECONDS = 120
 # The trainer image does not need to run as root; restricted PSS wants a non-zero uid.
 RUN_AS_USER = 1000
 DEFAULT_TRAINER_IMAGE = "ghcr.io/llmtrain/trainer:0.1.0"
+DEFAULT_METRICS_PORT = 9400
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """What the operator fills in where a job leaves it unset: the `llmtrain operator`
+    options, which the Helm chart sets from `jobDefaults` and `serviceAccount.worker`."""
+
+    image: str = DEFAULT_TRAINER_IMAGE
+    # Claim for jobs whose storage names neither a pvc nor an object store; None: emptyDir.
+    pvc: str | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT
+    # Worker pods' serviceAccountName; None: the namespace's `default`.
+    service_account: str | None = None
+
 
 _DNS_LABEL_MAX = 63
 
@@ -118,13 +135,29 @@ def stage_index(job: api.LLMTrainingJob, stage: str) -> int:
     raise KeyError(f"job {job.metadata.name!r} has no stage {stage!r}")
 
 
+def metrics_port(job: api.LLMTrainingJob, defaults: JobDefaults) -> int:
+    """The driver's /metrics port: the job's own, else the operator's default."""
+    return job.spec.monitoring.metrics_port or defaults.metrics_port
+
+
+def storage_claim(job: api.LLMTrainingJob, defaults: JobDefaults) -> api.PVCStorage | None:
+    """The claim mounted at storage.mountPath: the job's own, else the default claim,
+    unless the job uploads to an object store."""
+    storage = job.spec.storage
+    if storage.pvc is not None or storage.object_store is not None or not defaults.pvc:
+        return storage.pvc
+    return api.PVCStorage(claim_name=defaults.pvc)
+
+
 def world_size(job: api.LLMTrainingJob) -> int:
     """Ray Train workers: one per GPU, or one per pod on CPU-only pods."""
     r = job.spec.resources
     return r.workers * max(r.gpus_per_worker, 1)
 
 
-def stage_configs(job: api.LLMTrainingJob) -> list[StageConfig]:
+def stage_configs(
+    job: api.LLMTrainingJob, defaults: JobDefaults = JobDefaults()
+) -> list[StageConfig]:
     """Every stage resolved, with the same model hand-off rules as the local runner."""
     spec = job.spec
     return resolve_stages(
@@ -136,12 +169,14 @@ def stage_configs(job: api.LLMTrainingJob) -> list[StageConfig]:
         workers=world_size(job),
         distributed=spec.distributed,
         checkpointing=spec.checkpointing,
-        metrics_port=spec.monitoring.metrics_port,
+        metrics_port=metrics_port(job, defaults),
     )
 
 
-def stage_config(job: api.LLMTrainingJob, stage: str) -> StageConfig:
-    return stage_configs(job)[stage_index(job, stage)]
+def stage_config(
+    job: api.LLMTrainingJob, stage: str, defaults: JobDefaults = JobDefaults()
+) -> StageConfig:
+    return stage_configs(job, defaults)[stage_index(job, stage)]
 
 
 def stage_output(job: api.LLMTrainingJob, stage: str) -> str:
@@ -155,9 +190,11 @@ def stage_output(job: api.LLMTrainingJob, stage: str) -> str:
     return out
 
 
-def build_config_map(job: api.LLMTrainingJob, stage: str, attempt: int) -> Manifest:
+def build_config_map(
+    job: api.LLMTrainingJob, stage: str, attempt: int, defaults: JobDefaults = JobDefaults()
+) -> Manifest:
     """The stage config file (docs/contracts.md §1), mounted at /etc/llmtrain/stage.json."""
-    cfg = stage_config(job, stage)
+    cfg = stage_config(job, stage, defaults)
     name = attempt_name(job.metadata.name, stage, attempt)
     return {
         "apiVersion": "v1",
@@ -167,10 +204,13 @@ def build_config_map(job: api.LLMTrainingJob, stage: str, attempt: int) -> Manif
     }
 
 
-def build_service(job: api.LLMTrainingJob, stage: str, attempt: int) -> Manifest:
+def build_service(
+    job: api.LLMTrainingJob, stage: str, attempt: int, defaults: JobDefaults = JobDefaults()
+) -> Manifest:
     """Headless Service: gives the head pod a DNS name (`{pod}.{svc}`) for the Ray address."""
     lbls = labels(job.metadata.name, stage, attempt)
     selector = {k: lbls[k] for k in (LABEL_JOB, LABEL_STAGE, LABEL_ATTEMPT)}
+    port = metrics_port(job, defaults)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -182,11 +222,7 @@ def build_service(job: api.LLMTrainingJob, stage: str, attempt: int) -> Manifest
             "selector": selector,
             "ports": [
                 {"name": "ray-gcs", "port": RAY_GCS_PORT, "targetPort": RAY_GCS_PORT},
-                {
-                    "name": "metrics",
-                    "port": job.spec.monitoring.metrics_port,
-                    "targetPort": job.spec.monitoring.metrics_port,
-                },
+                {"name": "metrics", "port": port, "targetPort": port},
             ],
         },
     }
@@ -248,12 +284,12 @@ def _command(job: api.LLMTrainingJob, rank: int) -> list[str]:
     return ["/bin/sh", "-c", script]
 
 
-def _volumes(job: api.LLMTrainingJob, stage: str, attempt: int) -> list[dict[str, Any]]:
-    storage = job.spec.storage
+def _volumes(
+    job: api.LLMTrainingJob, stage: str, attempt: int, pvc: api.PVCStorage | None
+) -> list[dict[str, Any]]:
     vols: list[dict[str, Any]] = []
-    if storage.pvc is not None:
-        claim = {"claimName": storage.pvc.claim_name}
-        vols.append({"name": "storage", "persistentVolumeClaim": claim})
+    if pvc is not None:
+        vols.append({"name": "storage", "persistentVolumeClaim": {"claimName": pvc.claim_name}})
     else:
         # Object store (or nothing): a scratch directory; the trainer uploads what it keeps.
         vols.append({"name": "storage", "emptyDir": {}})
@@ -265,11 +301,10 @@ def _volumes(job: api.LLMTrainingJob, stage: str, attempt: int) -> list[dict[str
     return vols
 
 
-def _mounts(job: api.LLMTrainingJob) -> list[dict[str, Any]]:
-    storage = job.spec.storage
-    mount: dict[str, Any] = {"name": "storage", "mountPath": storage.mount_path}
-    if storage.pvc is not None and storage.pvc.sub_path:
-        mount["subPath"] = storage.pvc.sub_path
+def _mounts(job: api.LLMTrainingJob, pvc: api.PVCStorage | None) -> list[dict[str, Any]]:
+    mount: dict[str, Any] = {"name": "storage", "mountPath": job.spec.storage.mount_path}
+    if pvc is not None and pvc.sub_path:
+        mount["subPath"] = pvc.sub_path
     return [
         mount,
         {"name": "dshm", "mountPath": "/dev/shm"},
@@ -285,12 +320,12 @@ def _resources(job: api.LLMTrainingJob) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _ports(job: api.LLMTrainingJob, rank: int) -> list[dict[str, Any]]:
+def _ports(rank: int, metrics: int) -> list[dict[str, Any]]:
     if rank != 0:
         return []
     return [
         {"name": "ray-gcs", "containerPort": RAY_GCS_PORT, "protocol": "TCP"},
-        {"name": "metrics", "containerPort": job.spec.monitoring.metrics_port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
     ]
 
 
@@ -299,7 +334,7 @@ def build_worker_pod(
     stage: str,
     attempt: int,
     rank: int,
-    image: str = DEFAULT_TRAINER_IMAGE,
+    defaults: JobDefaults = JobDefaults(),
 ) -> Manifest:
     """One pod of the gang. Rank 0 is the Ray head and runs the driver; the rest join it."""
     spec = job.spec
@@ -310,16 +345,17 @@ def build_worker_pod(
         LABEL_RANK: str(rank),
         LABEL_ROLE: "head" if rank == 0 else "worker",
     }
+    pvc = storage_claim(job, defaults)
     meta = _metadata(job, name, {**r.labels, **ours})
     if r.annotations:
         meta["annotations"] = dict(r.annotations)
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": r.image or image,
+        "image": r.image or defaults.image,
         "command": _command(job, rank),
         "env": _env(job, stage, attempt, rank),
         "resources": _resources(job),
-        "volumeMounts": _mounts(job),
+        "volumeMounts": _mounts(job, pvc),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -328,7 +364,7 @@ def build_worker_pod(
     }
     if r.image_pull_policy:
         container["imagePullPolicy"] = r.image_pull_policy
-    ports = _ports(job, rank)
+    ports = _ports(rank, metrics_port(job, defaults))
     if ports:
         container["ports"] = ports
     pod_spec: dict[str, Any] = {
@@ -347,8 +383,10 @@ def build_worker_pod(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": _volumes(job, stage, attempt),
+        "volumes": _volumes(job, stage, attempt, pvc),
     }
+    if defaults.service_account:
+        pod_spec["serviceAccountName"] = defaults.service_account
     if r.node_selector:
         pod_spec["nodeSelector"] = dict(r.node_selector)
     if r.tolerations:
@@ -373,14 +411,14 @@ def build_worker_pod(
 
 
 def build_stage_objects(
-    job: api.LLMTrainingJob, stage: str, attempt: int, image: str = DEFAULT_TRAINER_IMAGE
+    job: api.LLMTrainingJob, stage: str, attempt: int, defaults: JobDefaults = JobDefaults()
 ) -> list[Manifest]:
     """Everything one attempt needs, in creation order: ConfigMap, Service, pods by rank."""
     return [
-        build_config_map(job, stage, attempt),
-        build_service(job, stage, attempt),
+        build_config_map(job, stage, attempt, defaults),
+        build_service(job, stage, attempt, defaults),
         *(
-            build_worker_pod(job, stage, attempt, rank, image)
+            build_worker_pod(job, stage, attempt, rank, defaults)
             for rank in range(job.spec.resources.workers)
         ),
     ]

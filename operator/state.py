@@ -36,6 +36,8 @@ COND_RESTARTING = "Restarting"
 COND_SUSPENDED = "Suspended"
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
+# True while the apiserver refuses an attempt's objects (ReplicaSet's ReplicaFailure).
+COND_CREATE_FAILED = "CreateFailed"
 
 # Reasons, on conditions and Events.
 REASON_CREATED = "JobCreated"
@@ -54,6 +56,8 @@ REASON_DEADLINE = "DeadlineExceeded"
 REASON_SUSPENDED = "Suspended"
 REASON_RESUMED = "Resumed"
 REASON_VALIDATION = "ValidationFailed"
+REASON_FAILED_CREATE = "FailedCreate"  # the reason the Job and ReplicaSet controllers use
+REASON_PODS_CREATED = "PodsCreated"
 
 NORMAL, WARNING = "Normal", "Warning"
 TERMINAL = (Phase.Succeeded, Phase.Failed)
@@ -278,6 +282,16 @@ def invalid(
     return st
 
 
+def create_refused(
+    status: LLMTrainingJobStatus, message: str, now: datetime
+) -> LLMTrainingJobStatus:
+    """The status once the apiserver refused an attempt's objects (a missing ServiceAccount,
+    quota, admission): the job keeps waiting and retrying, and says why."""
+    st = status.model_copy(deep=True)
+    set_condition(st, COND_CREATE_FAILED, True, REASON_FAILED_CREATE, message, now)
+    return st
+
+
 def _sync_stages(st: LLMTrainingJobStatus, job: api.LLMTrainingJob) -> None:
     """One status entry per spec stage, in spec order (stages may change while suspended)."""
     by_name = {s.name: s for s in st.stages}
@@ -337,6 +351,10 @@ def _observe_gang(
 ) -> None:
     workers = job.spec.resources.workers
     by_rank = {p.rank: p for p in mine}
+    refused = condition(st, COND_CREATE_FAILED)
+    if len(by_rank) >= workers and refused is not None and refused.status == "True":
+        msg = f"stage {cur.name} attempt {cur.attempt}: all {workers} pod(s) created"
+        set_condition(st, COND_CREATE_FAILED, False, REASON_PODS_CREATED, msg, now)
     head = by_rank.get(0)
     if head is not None and head.phase == "Succeeded":
         _stage_succeeded(job, st, cur, now, d)

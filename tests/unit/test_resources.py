@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
 UID = "0b6c1f6e-6d7a-4f43-9a53-1c7a8e9d2f10"
 IMAGE = "registry.example/llmtrain/trainer:test"
+DEFAULTS = resources.JobDefaults(image=IMAGE)
 
 BASE: dict[str, Any] = {
     "apiVersion": "llmtrain.io/v1alpha1",
@@ -58,7 +59,7 @@ def env(pod: dict[str, Any]) -> dict[str, Any]:
 
 def test_names_are_deterministic_and_include_the_attempt() -> None:
     job = make()
-    objs = resources.build_stage_objects(job, "sft", 2, IMAGE)
+    objs = resources.build_stage_objects(job, "sft", 2, DEFAULTS)
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("ConfigMap", "chat-sft-a2"),
         ("Service", "chat-sft-a2"),
@@ -66,7 +67,7 @@ def test_names_are_deterministic_and_include_the_attempt() -> None:
         ("Pod", "chat-sft-a2-1"),
         ("Pod", "chat-sft-a2-2"),
     ]
-    assert objs == resources.build_stage_objects(job, "sft", 2, IMAGE)
+    assert objs == resources.build_stage_objects(job, "sft", 2, DEFAULTS)
 
 
 def test_long_names_stay_dns_labels() -> None:
@@ -155,7 +156,7 @@ def test_headless_service_selects_the_attempt() -> None:
 
 def test_rank_zero_is_head_and_driver_others_join() -> None:
     job = make()
-    head, worker = (resources.build_worker_pod(job, "sft", 1, r, IMAGE) for r in (0, 1))
+    head, worker = (resources.build_worker_pod(job, "sft", 1, r, DEFAULTS) for r in (0, 1))
     head_cmd = head["spec"]["containers"][0]["command"][-1]
     worker_cmd = worker["spec"]["containers"][0]["command"][-1]
     assert "ray start --head --port=6379" in head_cmd
@@ -172,7 +173,7 @@ def test_rank_zero_is_head_and_driver_others_join() -> None:
 
 
 def test_environment_follows_the_contract() -> None:
-    e = env(resources.build_worker_pod(make(), "dpo", 3, 2, IMAGE))
+    e = env(resources.build_worker_pod(make(), "dpo", 3, 2, DEFAULTS))
     assert {k: e[k] for k in ("LLMTRAIN_JOB", "LLMTRAIN_NAMESPACE", "LLMTRAIN_STAGE",
                               "LLMTRAIN_ATTEMPT", "LLMTRAIN_RANK", "LLMTRAIN_WORLD_SIZE",
                               "LLMTRAIN_STORAGE")} == {
@@ -184,7 +185,7 @@ def test_environment_follows_the_contract() -> None:
 
 
 def test_resources_volumes_and_mounts() -> None:
-    pod = resources.build_worker_pod(make(), "sft", 1, 1, IMAGE)
+    pod = resources.build_worker_pod(make(), "sft", 1, 1, DEFAULTS)
     c = pod["spec"]["containers"][0]
     assert c["image"] == IMAGE
     assert c["resources"] == {
@@ -242,7 +243,7 @@ def test_scheduling_fields_pass_through() -> None:
         "env": [{"name": "A", "value": "1"},
                 {"name": "B", "secretKeyRef": {"name": "s", "key": "k"}}],
     })
-    pod = resources.build_worker_pod(job, "sft", 1, 1, IMAGE)
+    pod = resources.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
     spec = pod["spec"]
     assert spec["containers"][0]["image"] == "own/image:1"  # the job's image wins
     assert spec["containers"][0]["imagePullPolicy"] == "Always"
@@ -271,7 +272,7 @@ def test_pod_template_is_merged_last_but_keeps_our_identity() -> None:
             "enableServiceLinks": None,
         },
     }})
-    pod = resources.build_worker_pod(job, "sft", 1, 0, IMAGE)
+    pod = resources.build_worker_pod(job, "sft", 1, 0, DEFAULTS)
     spec = pod["spec"]
     assert pod["metadata"]["labels"]["extra"] == "yes"
     assert pod["metadata"]["labels"]["llmtrain.io/rank"] == "0"
@@ -317,7 +318,7 @@ GOLDEN_CASES = {
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_golden(case: str) -> None:
     job, stage, attempt = GOLDEN_CASES[case]()
-    text = resources.to_yaml(resources.build_stage_objects(job, stage, attempt, IMAGE))
+    text = resources.to_yaml(resources.build_stage_objects(job, stage, attempt, DEFAULTS))
     path = GOLDEN / f"{case}.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)

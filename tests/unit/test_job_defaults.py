@@ -1,0 +1,264 @@
+"""The operator's job defaults (`llmtrain operator --default-pvc / --driver-metrics-port /
+--worker-service-account`, set by the Helm chart): what jobs get when they leave a field
+unset, that their own settings win, and what a job shows when the apiserver refuses its pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from llmtrain.operator import api, handlers, resources, state
+from llmtrain.operator.metrics import OperatorMetrics
+from llmtrain.trainer.config import StageConfig
+
+DOC: dict[str, Any] = {
+    "apiVersion": "llmtrain.io/v1alpha1",
+    "kind": "LLMTrainingJob",
+    "metadata": {"name": "chat", "namespace": "ml", "uid": "u1", "resourceVersion": "1"},
+    "spec": {
+        "model": {"source": "org/base"},
+        "stages": [{"name": "sft", "type": "sft",
+                    "dataset": {"source": "/storage/d.jsonl", "format": "messages"}}],
+        "resources": {"workers": 2, "gpusPerWorker": 1},
+    },
+}
+SET = resources.JobDefaults(pvc="shared", metrics_port=9600, service_account="llm-worker")
+
+
+def make(**spec: Any) -> api.LLMTrainingJob:
+    doc = copy.deepcopy(DOC)
+    doc["spec"].update(copy.deepcopy(spec))
+    return api.parse_job(doc)
+
+
+def storage(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's storage volume and the trainer's mount of it."""
+    vol = next(v for v in pod["spec"]["volumes"] if v["name"] == "storage")
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"]
+                 if m["name"] == "storage")
+    return vol, mount
+
+
+def metrics_ports(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every place the driver's metrics port appears in an attempt's objects."""
+    cm, svc, head = objs[0], objs[1], objs[2]
+    svc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "metrics")
+    return {
+        "stage config": StageConfig.model_validate_json(cm["data"]["stage.json"]).metrics_port,
+        "service": (svc_port["port"], svc_port["targetPort"]),
+        "container": next(p["containerPort"] for p in head["spec"]["containers"][0]["ports"]
+                          if p["name"] == "metrics"),
+    }
+
+
+# ---- storage -----------------------------------------------------------------------------
+
+
+def test_default_pvc_mounts_as_if_the_job_named_the_claim() -> None:
+    for spec_storage in ({}, {"mountPath": "/data"}):
+        plain = make(storage=spec_storage) if spec_storage else make()
+        named = make(storage={**spec_storage, "pvc": {"claimName": "shared"}})
+        for rank in (0, 1):
+            got = resources.build_worker_pod(plain, "sft", 1, rank, SET)
+            assert got == resources.build_worker_pod(named, "sft", 1, rank, SET)
+    vol, mount = storage(resources.build_worker_pod(make(), "sft", 1, 1, SET))
+    assert vol == {"name": "storage", "persistentVolumeClaim": {"claimName": "shared"}}
+    assert mount == {"name": "storage", "mountPath": "/storage"}
+
+
+def test_a_job_with_its_own_storage_keeps_it() -> None:
+    own = make(storage={"pvc": {"claimName": "mine", "subPath": "runs"}})
+    vol, mount = storage(resources.build_worker_pod(own, "sft", 1, 0, SET))
+    assert vol["persistentVolumeClaim"] == {"claimName": "mine"}
+    assert mount["subPath"] == "runs"
+    # An object store needs no shared volume: scratch space, no default claim.
+    s3 = make(storage={"objectStore": {"uri": "s3://bucket/llm"}})
+    assert storage(resources.build_worker_pod(s3, "sft", 1, 0, SET))[0] == {
+        "name": "storage", "emptyDir": {}}
+
+
+def test_without_a_default_pvc_outputs_stay_in_the_pod() -> None:
+    vol, _ = storage(resources.build_worker_pod(make(), "sft", 1, 0))
+    assert vol == {"name": "storage", "emptyDir": {}}
+
+
+# ---- metrics port ------------------------------------------------------------------------
+
+
+def test_default_metrics_port_is_used_everywhere_the_port_appears() -> None:
+    objs = resources.build_stage_objects(make(), "sft", 1, SET)
+    assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600),
+                                   "container": 9600}
+    plain = resources.build_stage_objects(make(), "sft", 1)
+    assert metrics_ports(plain) == {"stage config": 9400, "service": (9400, 9400),
+                                    "container": 9400}
+
+
+def test_a_job_with_its_own_metrics_port_keeps_it() -> None:
+    # 9400 too: a job that asks for the built-in default by name keeps it.
+    for port in (9500, 9400):
+        objs = resources.build_stage_objects(make(monitoring={"metricsPort": port}), "sft", 1,
+                                             SET)
+        assert metrics_ports(objs) == {"stage config": port, "service": (port, port),
+                                       "container": port}
+
+
+def test_the_operator_scrapes_the_port_the_driver_serves(monkeypatch) -> None:
+    asked: list[int] = []
+
+    async def scrape(ip: str, port: int, timeout: float) -> dict[str, float]:
+        asked.append(port)
+        return {"llmtrain_train_step": 1.0}
+
+    monkeypatch.setattr(handlers.progress, "scrape", scrape)
+    ctx = handlers.Context(options=handlers.Options(job_defaults=SET), kube=FakeKube(DOC),
+                           metrics=OperatorMetrics())
+    head = state.PodView("chat-sft-a1-0", "sft", 1, 0, phase="Running", ip="10.0.0.5")
+    for job, port in ((make(), 9600), (make(monitoring={"metricsPort": 9500}), 9500)):
+        job.status = api.LLMTrainingJobStatus(
+            current_stage="sft", stages=[api.StageStatus(name="sft", phase="Running", attempt=1)])
+        assert asyncio.run(handlers._scrape(ctx, job, [head])) is not None
+        assert asked.pop() == port
+
+
+# ---- service account ---------------------------------------------------------------------
+
+
+def test_worker_pods_run_as_the_configured_service_account() -> None:
+    for pod in resources.build_stage_objects(make(), "sft", 1, SET)[2:]:
+        assert pod["spec"]["serviceAccountName"] == "llm-worker"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+    for pod in resources.build_stage_objects(make(), "sft", 1)[2:]:
+        assert "serviceAccountName" not in pod["spec"]  # the namespace's `default`
+    # A job's podTemplate is applied last, so a job may pick its own.
+    own = make(resources={**DOC["spec"]["resources"],
+                          "podTemplate": {"spec": {"serviceAccountName": "team-sa"}}})
+    assert resources.build_worker_pod(own, "sft", 1, 0, SET)["spec"]["serviceAccountName"] \
+        == "team-sa"
+
+
+# ---- llmtrain render ---------------------------------------------------------------------
+
+
+def test_render_previews_the_operator_defaults_from_its_environment(root: Path) -> None:
+    from tests.conftest import run_cli
+
+    quickstart = str(root / "examples" / "quickstart.yaml")  # sets no storage, no port
+    r = run_cli("render", quickstart, LLMTRAIN_DEFAULT_PVC="llm-checkpoints",
+                LLMTRAIN_METRICS_PORT="9600", LLMTRAIN_WORKER_SERVICE_ACCOUNT="llm-worker")
+    assert r.returncode == 0, r.stderr
+    objs = list(yaml.safe_load_all(r.stdout))
+    pod = objs[2]
+    assert storage(pod)[0]["persistentVolumeClaim"] == {"claimName": "llm-checkpoints"}
+    assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600),
+                                   "container": 9600}
+    assert pod["spec"]["serviceAccountName"] == "llm-worker"
+    # Flags as well, and empty values mean "none", as the chart passes them.
+    flags = run_cli("render", quickstart, "--default-pvc", "other", "--driver-metrics-port",
+                    "9700", LLMTRAIN_WORKER_SERVICE_ACCOUNT="", LLMTRAIN_DEFAULT_PVC="x")
+    assert flags.returncode == 0, flags.stderr
+    objs = list(yaml.safe_load_all(flags.stdout))
+    assert storage(objs[2])[0]["persistentVolumeClaim"] == {"claimName": "other"}
+    assert metrics_ports(objs)["container"] == 9700
+    assert "serviceAccountName" not in objs[2]["spec"]
+    bad = run_cli("render", quickstart, LLMTRAIN_METRICS_PORT="80")
+    assert bad.returncode != 0 and "1024" in bad.stderr  # the range is checked
+
+
+# ---- a refused pod -----------------------------------------------------------------------
+
+
+def forbidden(pod: str, ns: str, sa: str) -> ApiException:
+    """What the apiserver's ServiceAccount admission answers for a missing account."""
+    message = (f'pods "{pod}" is forbidden: error looking up service account {ns}/{sa}: '
+               f'serviceaccount "{sa}" not found')
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+            "reason": "Forbidden", "code": 403}
+    return ApiException(status=403, reason="Forbidden", body=json.dumps(body))
+
+
+class FakeKube:
+    """The apiserver as far as a pass uses it; pods are refused until the account exists."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = copy.deepcopy(job)
+        self.account_exists = False
+        self.created: list[str] = []
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.job)
+
+    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
+                               resource_version: str | None) -> dict[str, Any] | None:
+        meta = self.job["metadata"]
+        if resource_version != meta["resourceVersion"]:
+            return None
+        self.job["status"] = {k: v for k, v in status.items() if v is not None}
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return copy.deepcopy(self.job)
+
+    async def create(self, obj: dict[str, Any]) -> bool:
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "Pod" and not self.account_exists:
+            raise forbidden(name, obj["metadata"]["namespace"], obj["spec"]["serviceAccountName"])
+        self.created.append(f"{obj['kind']}/{name}")
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        pass
+
+
+def test_a_missing_service_account_is_reported_not_swallowed(monkeypatch) -> None:
+    events: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(handlers.kopf, "event",
+                        lambda body, type, reason, message: events.append((type, reason, message)))
+    monkeypatch.setattr(handlers, "RECREATE", -1.0)  # retry on every pass
+    kube = FakeKube(DOC)
+    ctx = handlers.Context(options=handlers.Options(job_defaults=SET), kube=kube,
+                           metrics=OperatorMetrics())
+
+    def reconcile(pods: list[state.PodView]) -> api.LLMTrainingJobStatus:
+        asyncio.run(handlers._reconcile(ctx, ctx.slot(("ml", "chat")), "ml", "chat", pods,
+                                        scrape=False))
+        return api.LLMTrainingJobStatus.model_validate(kube.job["status"])
+
+    st = reconcile([])
+    assert kube.created == ["ConfigMap/chat-sft-a1", "Service/chat-sft-a1"]
+    failed = state.condition(st, state.COND_CREATE_FAILED)
+    assert failed is not None and (failed.status, failed.reason) == ("True", "FailedCreate")
+    assert 'serviceaccount "llm-worker" not found' in failed.message
+    assert "create it in namespace 'ml'" in failed.message
+    assert failed.message.startswith("stage sft attempt 1: ")
+    assert "(and 1 more)" in failed.message  # both ranks were refused
+    assert st.phase == api.Phase.Pending  # it waits: the account may yet be created
+    assert [e[:2] for e in events] == [("Warning", "FailedCreate")]
+    assert events[0][2] == failed.message
+
+    # The same refusal again: no new Event, no status write.
+    version = kube.job["metadata"]["resourceVersion"]
+    assert reconcile([]) == st
+    assert len(events) == 1 and kube.job["metadata"]["resourceVersion"] == version
+
+    # Once the account exists, the pods are created, and the condition turns False.
+    kube.account_exists = True
+    reconcile([])
+    assert kube.created[-2:] == ["Pod/chat-sft-a1-0", "Pod/chat-sft-a1-1"]
+    pods = [state.PodView(f"chat-sft-a1-{r}", "sft", 1, r) for r in (0, 1)]
+    cleared = state.condition(reconcile(pods), state.COND_CREATE_FAILED)
+    assert cleared is not None and (cleared.status, cleared.reason) == ("False", "PodsCreated")
+
+
+@pytest.mark.parametrize(("status", "reported"), [(403, True), (422, True), (429, False),
+                                                  (500, False)])
+def test_only_refusals_for_good_are_reported(status: int, reported: bool) -> None:
+    e = ApiException(status=status, reason="X", body=json.dumps({"message": "no"}))
+    assert handlers._refusal(e) == ("no" if reported else "")
+    assert handlers._refusal(ApiException(status=403, reason="Forbidden")) == "403 Forbidden"
