@@ -143,7 +143,9 @@ def test_operator_lifecycle_under_chart_rbac(
     cluster.create_namespace(job_ns)
     if mode == "all-namespaces":  # a ClusterRole, ClusterKopfPeering
         install(cluster, release, sys_ns, "defaults-values.yaml",
-                f"operator.peering.name=p-{release}", "operator.replicas=1")
+                f"operator.peering.name=p-{release}", "operator.replicas=1",
+                # the chart puts the worker ServiceAccount where jobs run
+                f"jobNamespaces={{{job_ns}}}")
     else:  # a Role in the watched namespace, KopfPeering there, NetworkPolicies on
         install(cluster, release, sys_ns, "namespaced-values.yaml",
                 f"watch.namespaces={{{job_ns}}}", "operator.replicas=1",

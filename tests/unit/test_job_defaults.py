@@ -119,7 +119,7 @@ def test_the_operator_scrapes_the_port_the_driver_serves(monkeypatch) -> None:
         return {"llmtrain_train_step": 1.0}
 
     monkeypatch.setattr(handlers.progress, "scrape", scrape)
-    ctx = handlers.Context(options=handlers.Options(job_defaults=SET), kube=FakeKube(DOC),
+    ctx = handlers.Context(options=handlers.Options(job_defaults=SET), kube=None,  # unused
                            metrics=OperatorMetrics())
     head = state.PodView("chat-sft-a1-0", "sft", 1, 0, phase="Running", ip="10.0.0.5")
     for job, port in ((make(), 9600), (make(monitoring={"metricsPort": 9500}), 9500)):
@@ -176,84 +176,18 @@ def test_render_previews_the_operator_defaults_from_its_environment(root: Path) 
 # ---- a refused pod -----------------------------------------------------------------------
 
 
-def forbidden(pod: str, ns: str, sa: str) -> ApiException:
-    """What the apiserver's ServiceAccount admission answers for a missing account."""
-    message = (f'pods "{pod}" is forbidden: error looking up service account {ns}/{sa}: '
-               f'serviceaccount "{sa}" not found')
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-            "reason": "Forbidden", "code": 403}
-    return ApiException(status=403, reason="Forbidden", body=json.dumps(body))
+# The whole path (refusal, condition, one Event, cleared once the account exists) runs on
+# the real apiserver: tests/cluster/operator_tests/test_operator_failures.py.
 
 
-class FakeKube:
-    """The apiserver as far as a pass uses it; pods are refused until the account exists."""
-
-    def __init__(self, job: dict[str, Any]) -> None:
-        self.job = copy.deepcopy(job)
-        self.account_exists = False
-        self.created: list[str] = []
-
-    async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.job)
-
-    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
-                               resource_version: str | None) -> dict[str, Any] | None:
-        meta = self.job["metadata"]
-        if resource_version != meta["resourceVersion"]:
-            return None
-        self.job["status"] = {k: v for k, v in status.items() if v is not None}
-        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
-        return copy.deepcopy(self.job)
-
-    async def create(self, obj: dict[str, Any]) -> bool:
-        name = obj["metadata"]["name"]
-        if obj["kind"] == "Pod" and not self.account_exists:
-            raise forbidden(name, obj["metadata"]["namespace"], obj["spec"]["serviceAccountName"])
-        self.created.append(f"{obj['kind']}/{name}")
-        return True
-
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
-        pass
-
-
-def test_a_missing_service_account_is_reported_not_swallowed(monkeypatch) -> None:
-    events: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(handlers.kopf, "event",
-                        lambda body, type, reason, message: events.append((type, reason, message)))
-    monkeypatch.setattr(handlers, "RECREATE", -1.0)  # retry on every pass
-    kube = FakeKube(DOC)
-    ctx = handlers.Context(options=handlers.Options(job_defaults=SET), kube=kube,
-                           metrics=OperatorMetrics())
-
-    def reconcile(pods: list[state.PodView]) -> api.LLMTrainingJobStatus:
-        asyncio.run(handlers._reconcile(ctx, ctx.slot(("ml", "chat")), "ml", "chat", pods,
-                                        scrape=False))
-        return api.LLMTrainingJobStatus.model_validate(kube.job["status"])
-
-    st = reconcile([])
-    assert kube.created == ["ConfigMap/chat-sft-a1", "Service/chat-sft-a1"]
-    failed = state.condition(st, state.COND_CREATE_FAILED)
-    assert failed is not None and (failed.status, failed.reason) == ("True", "FailedCreate")
-    assert 'serviceaccount "llm-worker" not found' in failed.message
-    assert "create it in namespace 'ml'" in failed.message
-    assert failed.message.startswith("stage sft attempt 1: ")
-    assert "(and 1 more)" in failed.message  # both ranks were refused
-    assert st.phase == api.Phase.Pending  # it waits: the account may yet be created
-    assert [e[:2] for e in events] == [("Warning", "FailedCreate")]
-    assert events[0][2] == failed.message
-
-    # The same refusal again: no new Event, no status write.
-    version = kube.job["metadata"]["resourceVersion"]
-    assert reconcile([]) == st
-    assert len(events) == 1 and kube.job["metadata"]["resourceVersion"] == version
-
-    # Once the account exists, the pods are created, and the condition turns False.
-    kube.account_exists = True
-    reconcile([])
-    assert kube.created[-2:] == ["Pod/chat-sft-a1-0", "Pod/chat-sft-a1-1"]
-    pods = [state.PodView(f"chat-sft-a1-{r}", "sft", 1, r) for r in (0, 1)]
-    cleared = state.condition(reconcile(pods), state.COND_CREATE_FAILED)
-    assert cleared is not None and (cleared.status, cleared.reason) == ("False", "PodsCreated")
+def test_a_missing_account_message_says_where_to_create_it() -> None:
+    refused = ['pods "chat-sft-a1-0" is forbidden: error looking up service account '
+               'ml/llm-worker: serviceaccount "llm-worker" not found'] * 2
+    msg = handlers.refusal_message(make(), "sft", 1, refused, SET)
+    assert msg.startswith('stage sft attempt 1: pods "chat-sft-a1-0" is forbidden')
+    assert "(and 1 more)" in msg and "create it in namespace 'ml'" in msg
+    other = handlers.refusal_message(make(), "sft", 1, ["quota exceeded"], SET)
+    assert other == "stage sft attempt 1: quota exceeded"
 
 
 @pytest.mark.parametrize(("status", "reported"), [(403, True), (422, True), (429, False),
@@ -262,3 +196,12 @@ def test_only_refusals_for_good_are_reported(status: int, reported: bool) -> Non
     e = ApiException(status=status, reason="X", body=json.dumps({"message": "no"}))
     assert handlers._refusal(e) == ("no" if reported else "")
     assert handlers._refusal(ApiException(status=403, reason="Forbidden")) == "403 Forbidden"
+
+
+def test_a_terminating_namespace_is_not_a_refusal() -> None:
+    body = {"message": "unable to create new content in namespace x because it is being "
+            "terminated", "details": {"causes": [{"reason": "NamespaceTerminating"}]}}
+    assert handlers._namespace_terminating(ApiException(status=403, reason="Forbidden")) is False
+    e = ApiException(status=403, reason="Forbidden")
+    e.body = json.dumps(body)
+    assert handlers._namespace_terminating(e) is True

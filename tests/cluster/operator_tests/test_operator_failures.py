@@ -1,15 +1,17 @@
 """Gang failures under the real operator: retries from the checkpoint, permanent failures,
-the backoff limit, the stall watchdog and the deadline.
+the backoff limit, the stall watchdog and the deadline, and pods the apiserver refuses.
 
     pytest -m cluster tests/cluster/operator_tests/test_operator_failures.py
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
+from llmtrain.operator.handlers import RECREATE
 from tests.cluster.operator_tests.harness import Harness, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -90,3 +92,32 @@ def test_deadline_fails_the_job_and_removes_its_pods(start_operator: Any, h: Har
     assert failed and failed["reason"] == "DeadlineExceeded"
     h.wait_gone({"late-sft-a1-0", "late-sft-a1-1"})
     wait_until("no pods", lambda: not h.pod_names("late"))
+
+
+def test_a_missing_worker_service_account_shows_on_the_job_until_it_exists(
+    start_operator: Any, h: Harness
+) -> None:
+    # The apiserver's ServiceAccount admission refuses the pods, as in a namespace the chart
+    # did not prepare (not in its jobNamespaces).
+    start_operator("--standalone", "--worker-service-account", "llm-worker")
+    h.apply(h.job_manifest("nosa", stages=("sft",)))
+    failed = wait_until("CreateFailed condition", lambda: (
+        c := h.condition("nosa", "CreateFailed")) and c["status"] == "True" and c)
+    assert failed["reason"] == "FailedCreate"
+    assert 'serviceaccount "llm-worker" not found' in failed["message"], failed
+    assert f"create it in namespace '{h.ns}'" in failed["message"]
+    assert h.status("nosa")["phase"] == "Pending" and not h.pod_names("nosa")
+    wait_until("FailedCreate event", lambda: "FailedCreate" in [
+        e["reason"] for e in h.events("nosa")])
+
+    # Refused alike on the next tries: still one Warning, not one per retry.
+    time.sleep(RECREATE + 3)
+    assert [e["reason"] for e in h.events("nosa")].count("FailedCreate") == 1
+
+    h.cluster.kubectl("create", "serviceaccount", "llm-worker", "-n", h.ns)
+    h.wait_pods({"nosa-sft-a1-0", "nosa-sft-a1-1"}, timeout=RECREATE + 30)
+    assert {p["spec"]["serviceAccountName"] for p in h.pods().values()} == {"llm-worker"}
+    cleared = wait_until("condition cleared", lambda: (
+        c := h.condition("nosa", "CreateFailed")) and c["status"] == "False" and c)
+    assert cleared["reason"] == "PodsCreated"
+    h.wait_phase("nosa", "Running")
