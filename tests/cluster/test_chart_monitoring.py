@@ -58,6 +58,23 @@ def _job(name: str) -> dict[str, Any]:
     return doc
 
 
+def _bound_claim(cluster: Any, ns: str, claim: str, volume: str) -> None:
+    """A PVC bound to a static hostPath PV: the scheduler's volume binding then passes."""
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                   "storageClassName": "", "hostPath": {"path": f"/tmp/{volume}"},
+                   "claimRef": {"namespace": ns, "name": claim}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": claim, "namespace": ns},
+           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                    "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+    cluster.wait_for(f"claim {claim} bound", lambda: json.loads(cluster.kubectl(
+        "get", "pvc", claim, "-n", ns, "-o", "json"))["status"].get("phase") == "Bound",
+        timeout=60)
+
+
 def _pods(cluster: Any, ns: str, job: str) -> list[dict[str, Any]]:
     out = cluster.kubectl("get", "pods", "-n", ns, "-l", f"llmtrain.io/job={job}", "-o", "json")
     pods: list[dict[str, Any]] = json.loads(out)["items"]
@@ -147,6 +164,8 @@ def test_operator_lifecycle_under_chart_rbac(
                 # the chart puts the worker ServiceAccount where jobs run
                 f"jobNamespaces={{{job_ns}}}")
     else:  # a Role in the watched namespace, KopfPeering there, NetworkPolicies on
+        # The values' jobDefaults.pvc: jobs without storage mount it (a static PV, bound).
+        _bound_claim(cluster, job_ns, "llm-checkpoints", f"lt-pv-{suffix}")
         install(cluster, release, sys_ns, "namespaced-values.yaml",
                 f"watch.namespaces={{{job_ns}}}", "operator.replicas=1",
                 "operator.nodeSelector=null", "operator.tolerations=null",
@@ -182,6 +201,9 @@ def test_operator_lifecycle_under_chart_rbac(
                          timeout=90)
         head = _head(cluster, job_ns, job, 1)
         assert head is not None
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in head["spec"]["volumes"]
+                  if "persistentVolumeClaim" in v}
+        assert claims == ({"llm-checkpoints"} if mode == "namespaced" else set()), claims
         cluster.set_pod_phase(job_ns, head["metadata"]["name"], "Failed", exit_code=137)
         # Attempt 2 gets a driver that trains and reports.
         cluster.wait_for("attempt 2 head running", lambda: _head(cluster, job_ns, job, 2),
