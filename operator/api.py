@@ -326,7 +326,8 @@ def _pydantic_problems(e: ValidationError) -> list[Problem]:
     merged: dict[str, list[str]] = {}
     for error in e.errors():
         loc = list(error["loc"])
-        if loc and loc[-1] in _UNION_TAGS:
+        # ...but an unknown key that happens to be called "int" is just an unknown key.
+        if loc and loc[-1] in _UNION_TAGS and error["type"] != "extra_forbidden":
             path = _path(loc[:-1], "").lstrip(".")
             merged.setdefault(path, []).append(_UNION_TAGS[loc[-1]])
             continue
@@ -342,13 +343,22 @@ def _pydantic_problems(e: ValidationError) -> list[Problem]:
     return problems
 
 
-def _semantic_problems(spec: LLMTrainingJobSpec) -> list[Problem]:
-    """Cross-field rules that a schema cannot state (or that CEL states too)."""
+def _semantic_problems(model: ModelSpec | None, stages: list[StageSpec | Any]) -> list[Problem]:
+    """Cross-field rules that a schema cannot state (or that CEL states too). Works on a
+    partly valid spec too: `model` None and raw (unparsed) stages are skipped, but a raw
+    stage's name and type still count for the stages that refer to it."""
     out: list[Problem] = []
     seen: dict[str, int] = {}
     reward_stages = set()
-    for i, st in enumerate(spec.stages):
+    for i, st in enumerate(stages):
         at = f"spec.stages[{i}]"
+        if not isinstance(st, StageSpec):
+            raw = st if isinstance(st, dict) else {}
+            if isinstance(raw.get("name"), str):
+                seen.setdefault(raw["name"], i)
+                if raw.get("type") == StageType.reward:
+                    reward_stages.add(raw["name"])
+            continue
         if st.name in seen:
             out.append(Problem(f"{at}.name", f"duplicate stage name {st.name!r}"))
         for block in ("dpo", "ppo", "grpo"):
@@ -384,7 +394,7 @@ def _semantic_problems(spec: LLMTrainingJobSpec) -> list[Problem]:
             out.append(Problem(f"{at}.dataset.format", f"{st.type} stages need prompt-only data"))
         if st.type == StageType.pretrain and st.dataset.format != "text":
             out.append(Problem(f"{at}.dataset.format", "pretrain stages need text data"))
-        if i == 0 and st.input_model is None and not (spec.model.source or spec.model.architecture):
+        if i == 0 and st.input_model is None and model and not (model.source or model.architecture):
             out.append(Problem("spec.model", "set source or architecture"))
         seen[st.name] = i
         if st.type == StageType.reward:
@@ -408,8 +418,26 @@ def parse_job(doc: Any) -> LLMTrainingJob:
     try:
         job = LLMTrainingJob.model_validate(doc)
     except ValidationError as e:
-        raise SpecError(_pydantic_problems(e)) from None
-    problems = _semantic_problems(job.spec)
+        problems = _pydantic_problems(e)
+        # Every problem at once: the cross-field rules still run on the parts that parse.
+        problems += [p for p in _partial_semantic_problems(doc) if p not in problems]
+        raise SpecError(problems) from None
+    problems = _semantic_problems(job.spec.model, list(job.spec.stages))
     if problems:
         raise SpecError(problems)
     return job
+
+
+def _partial_semantic_problems(doc: dict[str, Any]) -> list[Problem]:
+    spec = doc.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list):
+        return []
+
+    def parsed(cls: type[Model], raw: Any) -> Any:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError:
+            return None
+
+    stages = [parsed(StageSpec, raw) or raw for raw in spec["stages"]]
+    return _semantic_problems(parsed(ModelSpec, spec.get("model")), stages)

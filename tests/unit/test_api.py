@@ -120,6 +120,24 @@ def test_reports_every_cross_field_problem() -> None:
     ]
 
 
+def test_structural_and_cross_field_problems_are_reported_together() -> None:
+    doc = job(
+        stages=[
+            {"name": "rm", "type": "reward", "dataset": {"source": "p", "format": "preference"},
+             "peft": {"method": "lora", "r": 0}},  # structural: this stage does not parse
+            {"name": "d", "type": "dpo", "dataset": {"source": "x", "format": "text"}},
+            {"name": "p", "type": "ppo", "dataset": {"source": "q", "format": "prompt-only"},
+             "ppo": {"rewardModel": {"fromStage": "rm"}}},  # fine: rm is a reward stage
+        ]
+    )
+    doc["metadata"]["name"] = "Bad_Name"
+    assert paths(doc) == [
+        "metadata.name",
+        "spec.stages[0].peft.r",
+        "spec.stages[1].dataset.format",  # found although the document does not parse
+    ]
+
+
 def test_first_stage_needs_a_model() -> None:
     assert paths(job(model={})) == ["spec.model"]
     assert paths(job(model={"architecture": {"model_type": "llama"}})) == []
