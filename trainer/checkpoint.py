@@ -28,6 +28,8 @@ from typing import Any
 
 COMPLETE = "COMPLETE"
 STAGING = ".staging"
+# Created in a stage dir on SIGTERM/SIGINT: the workers checkpoint and stop (loop.StopCallback).
+STOP_FILE = ".stop"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 

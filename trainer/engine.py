@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.trainer import checkpoint, models, stages
+from llmtrain.trainer.checkpoint import STOP_FILE
 from llmtrain.trainer.config import StageConfig
-from llmtrain.trainer.loop import STOP_FILE
 from llmtrain.trainer.metrics import Monitor, write_json
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmtrain.trainer import adapters, checkpoint, models, stages
+from llmtrain.trainer.checkpoint import STOP_FILE
 from llmtrain.trainer.config import DistributedStrategy, PeftMethod, StageConfig
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,6 @@ class ReportCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if state.is_world_process_zero:
             self._put({"kind": "checkpoint", "step": state.global_step})
-
-
-STOP_FILE = ".stop"
 
 
 class StopCallback(TrainerCallback):

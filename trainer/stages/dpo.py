@@ -14,11 +14,13 @@ Logs `rewards/margins` and `rewards/accuracies` (-> llmtrain_preference_margin/_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import alignment, data
 from llmtrain.trainer.config import DPOParams, PeftMethod, StageConfig
-from llmtrain.trainer.loop import StageContext
+
+if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
+    from llmtrain.trainer.loop import StageContext
 
 APPLY_PEFT = False  # TRL wraps the model itself, so its reference is "adapter disabled"
 

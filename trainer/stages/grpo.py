@@ -16,11 +16,13 @@ penalty against the reference: the input model, or with LoRA the adapter-disable
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import alignment, data, rewards
 from llmtrain.trainer.config import GRPOParams, StageConfig
-from llmtrain.trainer.loop import StageContext
+
+if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
+    from llmtrain.trainer.loop import StageContext
 
 APPLY_PEFT = False  # TRL wraps the model itself, so its reference is "adapter disabled"
 

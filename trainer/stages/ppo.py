@@ -16,11 +16,13 @@ this is a small PPO on `transformers.Trainer`; it runs under the same engine as 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmtrain.trainer import alignment, data, loop
+from llmtrain.trainer import alignment, data
 from llmtrain.trainer.config import PeftMethod, StageConfig
-from llmtrain.trainer.loop import StageContext
+
+if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
+    from llmtrain.trainer.loop import StageContext
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
@@ -63,4 +65,6 @@ def build(ctx: StageContext) -> Any:
 
 def save(ctx: StageContext, trainer: Any) -> dict[str, Any]:
     trainer.save_value_head = False  # final/ is the policy alone, loadable by later stages
+    from llmtrain.trainer import loop
+
     return loop.save_final(ctx, trainer)

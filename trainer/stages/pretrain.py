@@ -8,11 +8,13 @@ remainder is dropped). With no input model the engine builds `model.architecture
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import data, encode
 from llmtrain.trainer.config import DataFormat, StageConfig
-from llmtrain.trainer.loop import StageContext
+
+if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
+    from llmtrain.trainer.loop import StageContext
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:

@@ -12,11 +12,13 @@ and `mean_reward` (-> llmtrain_reward_mean).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import alignment, data, models
 from llmtrain.trainer.config import PeftMethod, StageConfig
-from llmtrain.trainer.loop import StageContext
+
+if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
+    from llmtrain.trainer.loop import StageContext
 
 AUTO_CLASS = "AutoModelForSequenceClassification"
 PEFT_TASK_TYPE = "SEQ_CLS"

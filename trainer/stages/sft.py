@@ -13,11 +13,13 @@ lengths; with `packing` samples are packed best-fit-decreasing into `maxSeqLengt
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import data, encode
 from llmtrain.trainer.config import DataFormat, StageConfig
-from llmtrain.trainer.loop import StageContext
+
+if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
+    from llmtrain.trainer.loop import StageContext
 
 FORMATS = (DataFormat.prompt_completion, DataFormat.messages, DataFormat.text)
 
