@@ -46,64 +46,71 @@ def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
     }
 
 
-class PodWatch:
+class _Watch:
+    """A watch in a daemon thread that re-watches when the stream ends (server timeouts,
+    dropped streams) until stop(); subclasses give the stream and handle each object."""
+
+    stopped = False
+
+    def __init__(self) -> None:
+        from kubernetes import watch
+
+        self._w = watch.Watch()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _stream(self) -> Any:
+        raise NotImplementedError
+
+    def _on(self, obj: Any, now: float) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self.stopped:
+            try:
+                for ev in self._stream():
+                    self._on(ev["object"], time.monotonic())
+            except Exception:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._w.stop()
+
+
+class PodWatch(_Watch):
     """First time each pod was seen, and first time it was seen Running (one watch)."""
 
     def __init__(self, core: Any, ns: str) -> None:
-        from kubernetes import watch
-
+        self.core, self.ns = core, ns
         self.seen: dict[str, float] = {}
         self.running: dict[str, float] = {}
-        self._w = watch.Watch()
-        self._thread = threading.Thread(target=self._run, args=(core, ns), daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self, core: Any, ns: str) -> None:
-        while not self.stopped:  # watches end (server timeouts, dropped streams): rewatch
-            try:
-                for ev in self._w.stream(core.list_namespaced_pod, ns, timeout_seconds=0,
-                                         _request_timeout=None):
-                    now = time.monotonic()
-                    pod = ev["object"]
-                    self.seen.setdefault(pod.metadata.name, now)
-                    if pod.status and pod.status.phase == "Running":
-                        self.running.setdefault(pod.metadata.name, now)
-            except Exception:
-                time.sleep(0.1)
+    def _stream(self) -> Any:
+        return self._w.stream(self.core.list_namespaced_pod, self.ns, timeout_seconds=0,
+                              _request_timeout=None)
 
-    stopped = False
-
-    def stop(self) -> None:
-        self.stopped = True
-        self._w.stop()
+    def _on(self, pod: Any, now: float) -> None:
+        self.seen.setdefault(pod.metadata.name, now)
+        if pod.status and pod.status.phase == "Running":
+            self.running.setdefault(pod.metadata.name, now)
 
 
-class JobWatch:
+class JobWatch(_Watch):
     """First time each job carried a status written by the operator."""
 
     def __init__(self, custom: Any, ns: str) -> None:
-        from kubernetes import watch
-
+        self.custom, self.ns = custom, ns
         self.status: dict[str, float] = {}
-        self._w = watch.Watch()
-        threading.Thread(target=self._run, args=(custom, ns), daemon=True).start()
+        super().__init__()
 
-    def _run(self, custom: Any, ns: str) -> None:
-        while not self.stopped:
-            try:
-                for ev in self._w.stream(custom.list_namespaced_custom_object, api.GROUP,
-                                         api.VERSION, ns, api.PLURAL, timeout_seconds=0):
-                    obj = ev["object"]
-                    if (obj.get("status") or {}).get("currentStage"):
-                        self.status.setdefault(obj["metadata"]["name"], time.monotonic())
-            except Exception:
-                time.sleep(0.1)
+    def _stream(self) -> Any:
+        return self._w.stream(self.custom.list_namespaced_custom_object, api.GROUP, api.VERSION,
+                              self.ns, api.PLURAL, timeout_seconds=0)
 
-    stopped = False
-
-    def stop(self) -> None:
-        self.stopped = True
-        self._w.stop()
+    def _on(self, obj: Any, now: float) -> None:
+        if (obj.get("status") or {}).get("currentStage"):
+            self.status.setdefault(obj["metadata"]["name"], now)
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:

@@ -342,8 +342,6 @@ async def _apply(
                 *(kube.create(o) for o in [*others, *missing]), return_exceptions=True
             )
             for r in results:
-                if isinstance(r, ApiException) and _namespace_terminating(r):
-                    continue  # the job goes with its namespace; nothing to report
                 why = _refusal(r) if isinstance(r, ApiException) else ""
                 if why:
                     refused.append(why)
@@ -354,14 +352,6 @@ async def _apply(
     if d.delete_job:
         await kube.delete_job(ns, job.metadata.name)
     return refused
-
-
-def _namespace_terminating(e: ApiException) -> bool:
-    try:
-        causes = json.loads(e.body or "")["details"]["causes"]
-    except (TypeError, ValueError, KeyError):
-        return False
-    return any(c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
 def _refusal(e: ApiException) -> str:

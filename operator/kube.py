@@ -118,7 +118,8 @@ class Kube:
         return items
 
     async def create(self, obj: Body) -> bool:
-        """Create a core/v1 object; False when it already exists."""
+        """Create a core/v1 object; False when it already exists, or never will because its
+        namespace is being deleted (the job goes with it: nothing to create or report)."""
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
             "ConfigMap": self.core.create_namespaced_config_map,
@@ -127,7 +128,7 @@ class Kube:
         try:
             await self._call(creators[obj["kind"]], obj["metadata"]["namespace"], obj)
         except ApiException as e:
-            if e.status == 409:
+            if e.status == 409 or namespace_terminating(e):
                 return False
             raise
         return True
@@ -144,3 +145,12 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+def namespace_terminating(e: ApiException) -> bool:
+    """The apiserver refused a create because the namespace is being deleted."""
+    try:
+        causes = json.loads(e.body or "")["details"]["causes"]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return any(c.get("reason") == "NamespaceTerminating" for c in causes)

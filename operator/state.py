@@ -478,13 +478,13 @@ def _stage_succeeded(
         cur.progress.step = cur.progress.total_steps
         st.progress = f"{cur.progress.step}/{cur.progress.total_steps}"
     started = parse_time(cur.start_time)
-    stage_type = job.spec.stages[resources.stage_index(job, cur.name)].type
+    index = resources.stage_index(job, cur.name)
+    stage_type = job.spec.stages[index].type
     if started:
         d.stage_durations.append((str(stage_type), (now - started).total_seconds()))
     d.events.append(
         Event(NORMAL, REASON_STAGE_SUCCEEDED, f"stage {cur.name} succeeded; output {cur.output}")
     )
-    index = resources.stage_index(job, cur.name)
     if index + 1 < len(st.stages):
         nxt = st.stages[index + 1]
         st.current_stage = nxt.name

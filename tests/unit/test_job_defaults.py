@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from llmtrain.operator import api, handlers, resources, state
+from llmtrain.operator import api, handlers, kube, resources, state
 from llmtrain.operator.metrics import OperatorMetrics
 from llmtrain.trainer.config import StageConfig
 
@@ -201,7 +201,7 @@ def test_only_refusals_for_good_are_reported(status: int, reported: bool) -> Non
 def test_a_terminating_namespace_is_not_a_refusal() -> None:
     body = {"message": "unable to create new content in namespace x because it is being "
             "terminated", "details": {"causes": [{"reason": "NamespaceTerminating"}]}}
-    assert handlers._namespace_terminating(ApiException(status=403, reason="Forbidden")) is False
+    assert kube.namespace_terminating(ApiException(status=403, reason="Forbidden")) is False
     e = ApiException(status=403, reason="Forbidden")
     e.body = json.dumps(body)
-    assert handlers._namespace_terminating(e) is True
+    assert kube.namespace_terminating(e) is True
