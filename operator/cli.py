@@ -366,6 +366,37 @@ def generate(
     out.print(text, markup=False)
 
 
+@app.command()
+def cleanup(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Only jobs in this namespace (repeatable); default: all."
+        ),
+    ] = None,
+) -> None:
+    """Remove the operator's finalizer from LLMTrainingJobs, so that they and their
+    namespaces can be deleted without the operator. Run it only once the operator is
+    stopped (the Helm chart runs it when uninstalled); it deletes nothing."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from llmtrain.operator import kube, uninstall
+
+    api_client = kube.api_client(pool=4)
+    try:
+        result = uninstall.remove_finalizers(client.CustomObjectsApi(api_client), namespace or [])
+    except ApiException as e:
+        _fail([f"cannot list LLMTrainingJobs: {e.status} {e.reason}"])
+    finally:
+        api_client.close()  # type: ignore[no-untyped-call]
+    for name in result.released:
+        out.print(f"released {name}")
+    if result.failed:
+        _fail(result.failed + [f"{len(result.failed)} job(s) keep {uninstall.FINALIZER}"])
+    out.print(f"removed {uninstall.FINALIZER} from {len(result.released)} job(s)")
+
+
 def generated_files(root: Path) -> dict[Path, str]:
     from llmtrain.operator import crd as gen
 
