@@ -26,6 +26,8 @@ CHART = REPO / "charts" / "llmtrain"
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 RELEASE = "llmtrain"
 NAMESPACE = "llmtrain-system"
+# The prometheus-operator's API: with it (kube-prometheus) the chart renders its monitors.
+MONITORING_API = "monitoring.coreos.com/v1"
 
 
 def in_ci() -> bool:
@@ -97,11 +99,18 @@ def helm(
 
 
 def render(
-    values: str | None = None, *sets: str, namespace: str = NAMESPACE
+    values: str | None = None, *sets: str, namespace: str = NAMESPACE,
+    api_versions: tuple[str, ...] = (MONITORING_API,), kube: str | None = None,
 ) -> list[dict[str, Any]]:
-    """`helm template` the chart; values is a file name in ci/ or a path."""
+    """`helm template` the chart; values is a file name in ci/ or a path.
+
+    By default for a cluster with the prometheus-operator CRDs (`api_versions`); pass
+    `api_versions=()` for a bare one.
+    """
     args = ["template", RELEASE, str(CHART), "--namespace", namespace,
-            "--kube-version", kube_version()]
+            "--kube-version", kube or kube_version()]
+    for api in api_versions:
+        args += ["--api-versions", api]
     if values:
         path = Path(values) if "/" in values and Path(values).exists() else CHART / "ci" / values
         args += ["--values", str(path)]

@@ -8,6 +8,7 @@ under the chart's RBAC) are in tests/cluster/test_chart_install.py.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 
 from tests.chart.chart import (
     CHART,
+    MONITORING_API,
     NAMESPACE,
     REPO,
     SCENARIOS,
@@ -41,17 +43,20 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-# What the operator needs (docs in the chart README, "RBAC"), and nothing else.
+# What the operator needs (docs in the chart README, "RBAC"), and nothing else: kopf and the
+# operator write with PATCH, never PUT, and never change a pod once created.
 NAMESPACED = {
-    ("llmtrain.io", "llmtrainingjobs"): {"get", "list", "watch", "patch", "update", "delete"},
-    ("llmtrain.io", "llmtrainingjobs/status"): {"patch", "update"},
-    ("llmtrain.io", "llmtrainingjobs/finalizers"): {"patch", "update"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("llmtrain.io", "llmtrainingjobs"): {"get", "list", "watch", "patch", "delete"},
+    ("llmtrain.io", "llmtrainingjobs/status"): {"patch"},
+    ("llmtrain.io", "llmtrainingjobs/finalizers"): {"patch"},
+    ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
+# The operator's per-attempt NetworkPolicies (networkPolicy.enabled, the default).
+NETWORK_POLICIES = {("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"}}
 # Cluster-scoped reads kopf makes in both modes (the namespaced one too: tests/cluster).
 CLUSTER_READS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
                  ("", "namespaces"): {"get", "list", "watch"}}
@@ -82,9 +87,9 @@ def test_every_scenario_renders_well_formed_objects(scenario: str) -> None:
     assert find(docs, "Deployment")
 
 
-def test_scenarios_cover_defaults_namespaced_and_monitoring_off() -> None:
+def test_scenarios_cover_defaults_namespaced_monitoring_off_and_minimal() -> None:
     assert {"defaults-values.yaml", "namespaced-values.yaml",
-            "monitoring-off-values.yaml"} <= set(SCENARIOS)
+            "monitoring-off-values.yaml", "minimal-values.yaml"} <= set(SCENARIOS)
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
@@ -100,7 +105,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
 def test_defaults_watch_all_namespaces_with_one_clusterrole() -> None:
     docs = render()
     role = find(docs, "ClusterRole", "llmtrain-operator")
-    expected = {**NAMESPACED, **CLUSTER_READS,
+    expected = {**NAMESPACED, **NETWORK_POLICIES, **CLUSTER_READS,
                 ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
     assert rules_of(role) == expected
     binding = find(docs, "ClusterRoleBinding", "llmtrain-operator")
@@ -109,6 +114,9 @@ def test_defaults_watch_all_namespaces_with_one_clusterrole() -> None:
         {"kind": "ServiceAccount", "name": "llmtrain-operator", "namespace": NAMESPACE}]
     assert find_all(docs, "Role") == []
     assert find(docs, "ClusterKopfPeering", "llmtrain")
+    # Without NetworkPolicies the operator does not get to create them either.
+    off = find(render(None, "networkPolicy.enabled=false"), "ClusterRole", "llmtrain-operator")
+    assert rules_of(off) == {k: v for k, v in expected.items() if k not in NETWORK_POLICIES}
     args = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--all-namespaces" in args and "--peering=llmtrain" in args
     assert not any(a.startswith("--namespace") for a in args)
@@ -116,12 +124,12 @@ def test_defaults_watch_all_namespaces_with_one_clusterrole() -> None:
 
 def test_namespaced_mode_uses_a_role_per_namespace() -> None:
     docs = render("namespaced-values.yaml")
-    roles = find_all(docs, "Role")
+    roles = find_all(docs, "Role", "llmtrain-operator")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
-        assert rules_of(role) == {
-            **NAMESPACED, ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
-    bindings = find_all(docs, "RoleBinding")
+        assert rules_of(role) == {**NAMESPACED, **NETWORK_POLICIES,
+                                  ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
+    bindings = find_all(docs, "RoleBinding", "llmtrain-operator")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
         assert b["subjects"][0]["namespace"] == NAMESPACE
@@ -145,17 +153,48 @@ def test_no_rule_grants_wildcards_or_secrets() -> None:
                 assert "secrets" not in rule["resources"], role
 
 
-def test_worker_serviceaccount_has_no_permissions_and_no_token() -> None:
-    for scenario, namespaces in [("defaults-values.yaml", [NAMESPACE]),
-                                 ("namespaced-values.yaml", ["team-a", "team-b"])]:
-        docs = render(scenario)
+def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def _policy_service_account(docs: list[dict[str, Any]]) -> str:
+    """The ServiceAccount the admission policy holds the operator's pods to."""
+    policy = find(docs, "ValidatingAdmissionPolicy")
+    (rule,) = [v["expression"] for v in policy["spec"]["validations"]
+               if "serviceAccountName" in v["expression"]]
+    (name,) = set(re.findall(r"== '([^']*)'", rule))
+    return name
+
+
+def test_worker_serviceaccount_defaults_to_each_namespaces_default() -> None:
+    """Job pods need no API access: by default they run as `default`, and a new namespace
+    needs nothing from the chart (no ServiceAccount, no helm upgrade)."""
+    docs = render()
+    assert [sa["metadata"]["name"] for sa in find_all(docs, "ServiceAccount")
+            if sa["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"] == []
+    assert _env(docs)["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] == ""  # the operator: unset
+    assert _policy_service_account(docs) == "default"  # what admission sees then
+
+
+def test_worker_serviceaccount_named_or_created() -> None:
+    # Named, made by the user: passed on, not created.
+    docs = render("minimal-values.yaml", "admissionPolicy.enabled=true")
+    assert find_all(docs, "ServiceAccount", "trainer") == []
+    assert _env(docs)["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] == "trainer"
+    assert _policy_service_account(docs) == "trainer"
+    # Created by the chart where the operator watches: bound to nothing, no token.
+    for scenario, sets, namespaces in [
+            ("namespaced-values.yaml", (), ["team-a", "team-b"]),
+            (None, ("serviceAccount.worker.create=true",), [NAMESPACE])]:
+        docs = render(scenario, *sets)
         workers = find_all(docs, "ServiceAccount", "llmtrain-worker")
         assert sorted(w["metadata"]["namespace"] for w in workers) == namespaces
         assert all(w["automountServiceAccountToken"] is False for w in workers)
         for b in find_all(docs, "RoleBinding") + find_all(docs, "ClusterRoleBinding"):
             assert all(s["name"] != "llmtrain-worker" for s in b["subjects"]), b
-        env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
-        assert {"name": "LLMTRAIN_WORKER_SERVICE_ACCOUNT", "value": "llmtrain-worker"} in env
+        assert _env(docs)["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] == "llmtrain-worker"
+        assert _policy_service_account(docs) == "llmtrain-worker"
 
 
 def test_editor_and_viewer_roles_aggregate_into_the_builtin_roles() -> None:
@@ -177,9 +216,9 @@ def test_deployment_defaults() -> None:
     assert pod["serviceAccountName"] == "llmtrain-operator"
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/llmtrain/operator:0.1.0"
-    assert c["args"] == ["--all-namespaces", "--peering=llmtrain",
+    assert c["args"] == ["--all-namespaces", "--peering=llmtrain", "--peering-lifetime=15",
                          "--health-bind=0.0.0.0:8080", "--metrics-bind=0.0.0.0:8000"]
-    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+    env = _env(docs)
     assert env["LLMTRAIN_TRAINER_IMAGE"] == "ghcr.io/llmtrain/trainer:0.1.0"
     assert env["LLMTRAIN_METRICS_PORT"] == "9400"
     assert env["LLMTRAIN_DEFAULT_PVC"] == ""
@@ -228,6 +267,28 @@ def test_single_replica_without_peering() -> None:
     args = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not any(a.startswith("--peering") for a in args) and "--standalone" in args
     assert find_all(docs, "ClusterKopfPeering") == find_all(docs, "PodDisruptionBudget") == []
+
+
+def test_peering_lifetime_is_a_value() -> None:
+    args = find(render(None, "operator.peering.lifetime=40"), "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering-lifetime=40" in args
+    values = (CHART / "values.yaml").read_text()
+    assert "within seconds" not in values and "within about `peering.lifetime` seconds" in values
+
+
+def test_monitoring_objects_only_where_the_cluster_serves_their_api() -> None:
+    """A bare cluster (no monitoring.coreos.com/v1) gets no monitors, so `helm install` works
+    there; one with the prometheus-operator CRDs gets them; a value forces them."""
+    bare = render(api_versions=())
+    assert not MONITORING_KINDS & {d["kind"] for d in bare}
+    assert find(bare, "ConfigMap", "llmtrain-dashboard")  # a plain ConfigMap needs nothing
+    assert {d["kind"] for d in render()} >= MONITORING_KINDS
+    forced = render(None, "metrics.assumeMonitoringCrds=true", api_versions=())
+    assert {d["kind"] for d in forced} >= MONITORING_KINDS
+    # ... and each toggle still turns its object off.
+    off = render("monitoring-off-values.yaml", "metrics.assumeMonitoringCrds=true")
+    assert not MONITORING_KINDS & {d["kind"] for d in off}
 
 
 def test_monitoring_objects_and_toggles() -> None:
@@ -280,26 +341,60 @@ def test_alert_rules_are_the_five_plus_reconcile_errors() -> None:
 
 
 def test_network_policies() -> None:
-    assert find_all(render(), "NetworkPolicy") == []
+    """Jobs' NetworkPolicies come from the operator (one per stage attempt, naming the job);
+    the chart turns that on, tells it who may scrape drivers, and polices only its own pods."""
     docs = render("namespaced-values.yaml")
-    jobs = find_all(docs, "NetworkPolicy", "llmtrain-jobs")
-    assert sorted(p["metadata"]["namespace"] for p in jobs) == ["team-a", "team-b"]
-    for p in jobs:
-        spec = p["spec"]
-        assert spec["policyTypes"] == ["Ingress"]
-        assert spec["podSelector"] == {"matchExpressions": [
-            {"key": "llmtrain.io/job", "operator": "Exists"}]}
-        same_jobs, metrics = spec["ingress"]
-        assert same_jobs == {"from": [{"podSelector": spec["podSelector"]}]}
-        assert [p["port"] for p in metrics["ports"]] == [9500, 9401]
-        operator, prometheus = metrics["from"]
-        assert operator["namespaceSelector"] == {
-            "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
-        assert operator["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
-        assert prometheus["podSelector"] == {
-            "matchLabels": {"app.kubernetes.io/name": "prometheus"}}
-    op = find(docs, "NetworkPolicy", "llmtrain-operator")
+    (op,) = find_all(docs, "NetworkPolicy")
+    assert op["metadata"]["name"] == "llmtrain-operator"
+    assert op["metadata"]["namespace"] == NAMESPACE
     assert [r["ports"][0]["port"] for r in op["spec"]["ingress"]] == [8000, 8080]
+    env = _env(docs)
+    assert env["LLMTRAIN_NETWORK_POLICY"] == "true"
+    operator, prometheus, extra = json.loads(env["LLMTRAIN_METRICS_FROM"])
+    assert operator == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+        "podSelector": {"matchLabels": find(docs, "Deployment")["spec"]["selector"][
+            "matchLabels"]}}
+    assert prometheus == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    assert extra["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "otel-collector"}}
+    # On by default; off: no policies, no flag, no RBAC for them.
+    assert _env(render())["LLMTRAIN_NETWORK_POLICY"] == "true"
+    off = render(None, "networkPolicy.enabled=false")
+    assert find_all(off, "NetworkPolicy") == []
+    assert _env(off)["LLMTRAIN_NETWORK_POLICY"] == "false"
+    assert "LLMTRAIN_METRICS_FROM" not in _env(off)
+
+
+def test_admission_policy_holds_only_the_operator_to_safe_pods() -> None:
+    docs = render("namespaced-values.yaml")
+    policy = find(docs, "ValidatingAdmissionPolicy")
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["pods", "pods/ephemeralcontainers"]
+    assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+    (match,) = spec["matchConditions"]
+    assert match["expression"] == (
+        f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:llmtrain-operator"')
+    text = json.dumps(spec["validations"])
+    for needle in ("llmtrain.io/job", "automountServiceAccountToken", "serviceAccountToken",
+                   "hostNetwork", "hostPID", "hostIPC", "privileged",
+                   "allowPrivilegeEscalation", "'ALL'", "runAsNonRoot", "runAsUser",
+                   "RuntimeDefault", "hostPath", "hostPort"):
+        assert needle in text, needle
+    binding = find(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"],
+                               "validationActions": ["Deny"]}
+    # Off with the value; a cluster before 1.30 (no v1 API) must say so rather than fail late.
+    kinds = {d["kind"] for d in render(None, "admissionPolicy.enabled=false")}
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & kinds
+    proc = helm("template", "x", str(CHART), "--kube-version", "1.29.4", check=False)
+    assert proc.returncode != 0 and "admissionPolicy.enabled" in proc.stderr, proc.stderr
+    assert helm("template", "x", str(CHART), "--kube-version", "1.29.4",
+                "--set", "admissionPolicy.enabled=false").returncode == 0
 
 
 def test_values_schema_rejects_mistakes() -> None:
@@ -309,6 +404,9 @@ def test_values_schema_rejects_mistakes() -> None:
         ("metrics.prometheusRule.stallWindow=soon", "stallWindow"),
         ("operater.replicas=2", "operater"),
         ("jobDefaults.metricsPort=80", "metricsPort"),
+        # Gone: job pods run as `default` and the operator makes their NetworkPolicies.
+        ("jobNamespaces={team-a}", "jobNamespaces"),
+        ("networkPolicy.extraMetricsPorts={9401}", "extraMetricsPorts"),
     ]:
         proc = helm("template", "x", str(CHART), "--kube-version", kube_version(),
                     "--set", bad, check=False)
@@ -364,7 +462,9 @@ def test_chart_readme_values_table_is_current() -> None:
     readme = (CHART / "README.md").read_text()
     assert readme == readme_with_table(readme), "run `python -m tests.chart.chart`"
     for key in ("image.repository", "watch.allNamespaces", "operator.replicas",
-                "jobDefaults.pvc", "metrics.podMonitor.enabled", "networkPolicy.enabled"):
+                "jobDefaults.pvc", "metrics.podMonitor.enabled", "networkPolicy.enabled",
+                "admissionPolicy.enabled", "uninstall.removeFinalizers",
+                "operator.peering.lifetime", "metrics.assumeMonitoringCrds"):
         assert f"| `{key}` |" in readme
 
 
@@ -390,6 +490,7 @@ def test_template_files_exist_for_every_kind(tmp_path: Path) -> None:
     for scenario in SCENARIOS + ["namespaced-values.yaml"]:
         out = tmp_path / scenario
         helm("template", "llmtrain", str(CHART), "--kube-version", kube_version(),
+             "--api-versions", MONITORING_API,
              "--values", str(CHART / "ci" / scenario), "--output-dir", str(out))
         produced |= {p.name for p in out.rglob("*.yaml")}
     templates = {p.name for p in (CHART / "templates").glob("*.yaml")}

@@ -26,7 +26,7 @@ REQUIRED_PANELS = {
     "Jobs by phase", "Stage timeline", "Train and eval loss", "Learning rate",
     "Tokens per second", "Tokens processed", "Step", "ETA and elapsed", "Reward",
     "KL to the reference policy", "Restarts by reason", "GPU utilisation", "GPU memory",
-    "Operator reconciles and errors",
+    "Operator reconciles and errors", "Operator CPU and memory",
 }
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}
 _METRIC = re.compile(r"\b(llmtrain_[a-z0-9_]+|DCGM_FI_[A-Z0-9_]+)\b")
@@ -46,11 +46,32 @@ def queries(dash: dict[str, Any]) -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in panels(dash) for t in p.get("targets", [])]
 
 
-def contract_metrics() -> set[str]:
+def contract_metrics(section: str = "4.") -> set[str]:
+    """llmtrain_* names in the tables of docs/contracts.md from §`section` on (default: §4,
+    the driver, and §5, the operator)."""
     text = (REPO / "docs" / "contracts.md").read_text()
-    sections = text.split("## 4.")[1]  # §4 (driver) and §5 (operator)
+    sections = text.split(f"## {section}")[1]
     return {m for line in sections.splitlines() if line.startswith("|")
             for m in re.findall(r"`(llmtrain_[a-z0-9_]+)`", line)}
+
+
+def test_operator_metrics_have_the_operator_prefix() -> None:
+    """CONVENTIONS §4: `llmtrain_` for training metrics, `llmtrain_operator_` for the
+    operator's own; the operator's code exports exactly the §5 names (and process_*)."""
+    from llmtrain.operator.metrics import OperatorMetrics
+
+    operator, everything = contract_metrics("5."), contract_metrics()
+    assert operator and all(m.startswith("llmtrain_operator_") for m in operator)
+    assert not any(m.startswith("llmtrain_operator_") for m in everything - operator)
+    m = OperatorMetrics()
+    m.job_phase("ns", "j", "Running")
+    m.stage_restarts.labels(namespace="ns", job="j", reason="PodFailed").inc()
+    m.reconciles.labels(result="ok").inc()
+    m.stage_duration.labels(type="sft").observe(1)
+    samples = {s.name for f in m.registry.collect() for s in f.samples
+               if not s.name.endswith("_created")}
+    assert {base_name(n) for n in samples if n.startswith("llmtrain_")} == operator
+    assert "process_cpu_seconds_total" in samples
 
 
 def base_name(metric: str) -> str:
@@ -133,8 +154,11 @@ def test_required_panels(dash: dict[str, Any]) -> None:
     assert by_title["Stage timeline"]["type"] == "state-timeline"
     assert "DCGM_FI_DEV_GPU_UTIL" in by_title["GPU utilisation"]["targets"][0]["expr"]
     assert "DCGM_FI_DEV_FB_USED" in by_title["GPU memory"]["targets"][0]["expr"]
-    assert "llmtrain_reconcile_errors_total" in str(by_title["Operator reconciles and errors"])
-    assert "reason" in by_title["Restarts by reason"]["targets"][0]["expr"]
+    reconciles = by_title["Operator reconciles and errors"]["targets"][0]["expr"]
+    assert "llmtrain_operator_reconciles_total" in reconciles and "result" in reconciles
+    restarts = by_title["Restarts by reason"]["targets"][0]["expr"]
+    assert "reason" in restarts and all(f"${v}" in restarts for v in ("namespace", "job"))
+    assert "process_resident_memory_bytes" in str(by_title["Operator CPU and memory"])
 
 
 def test_metrics_are_the_contract_metrics(dash: dict[str, Any]) -> None:

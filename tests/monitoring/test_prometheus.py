@@ -190,13 +190,12 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
     workers = Workers(_stage_configs(tmp_path, ports), tmp_path)
     start = time.time()
     with Prometheus(prometheus_bin, tmp_path, scrape, rule_files=[rules]) as prom:
-        prom.wait_for_samples("llmtrain_jobs")
+        prom.wait_for_samples("llmtrain_operator_jobs")
         workers.start()
         # The rest of the job's life, while Prometheus watches: a restart, reconciles, a
         # stage that finished, a reconcile error.
-        op_metrics.stage_restarts.labels(reason="PodFailed").inc()
+        op_metrics.stage_restarts.labels(namespace=NAMESPACE, job=JOB, reason="PodFailed").inc()
         op_metrics.reconciles.labels(result="error").inc()
-        op_metrics.reconcile_errors.inc()
         op_metrics.pods_created.inc(2)
         op_metrics.stage_duration.labels(type="pretrain").observe(95.0)
         try:
@@ -214,7 +213,10 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
         assert {(s["metric"]["job"], s["metric"]["namespace"], s["metric"]["stage"])
                 for s in steps} == {(JOB, NAMESPACE, name) for name in STAGES}
         assert {"namespace": NAMESPACE, "phase": "Running"}.items() <= prom.query(
-            'llmtrain_jobs{phase="Running"}')[0]["metric"].items()
+            'llmtrain_operator_jobs{phase="Running"}')[0]["metric"].items()
+        # ... and the operator's per-job series keep the LLMTrainingJob's `job`.
+        assert {(s["metric"]["job"], s["metric"]["phase"]) for s in prom.query(
+            "llmtrain_operator_job_phase")} == {(JOB, "Running"), ("older", "Failed")}
 
         # Several stages selected, as Grafana passes a multi-value variable: a regex.
         variables = {"namespace": NAMESPACE, "job": JOB, "stage": "|".join(STAGES)}
@@ -224,6 +226,8 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
         assert gpu_seen == set(NEEDS_GPU)
         check_variables(prom, dash, variables, start, end)
         check_rules(prom, find(docs, "PrometheusRule"))
-        # A Failed job exists: LLMTrainJobFailed is pending (for: 1m) or firing already.
+        # A Failed job exists: LLMTrainJobFailed is pending (for: 1m) or firing already,
+        # and names it.
         alerts = {a["labels"]["alertname"]: a for a in prom.api("alerts")["alerts"]}
         assert alerts["LLMTrainJobFailed"]["labels"]["namespace"] == NAMESPACE
+        assert alerts["LLMTrainJobFailed"]["labels"]["job"] == "older"

@@ -57,13 +57,26 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* Job pods run as this ServiceAccount: it has no API permissions. */}}
+{{/*
+The ServiceAccount job pods run as, as the operator gets it (LLMTRAIN_WORKER_SERVICE_ACCOUNT):
+empty means the namespace's `default`, which the ServiceAccount admission plugin fills in.
+*/}}
 {{- define "llmtrain.workerServiceAccountName" -}}
 {{- if .Values.serviceAccount.worker.create }}
 {{- default (printf "%s-worker" (include "llmtrain.fullname" .)) .Values.serviceAccount.worker.name | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.worker.name }}
+{{- .Values.serviceAccount.worker.name }}
 {{- end }}
+{{- end }}
+
+{{/* ... and as the apiserver sees it by validating admission: never empty. */}}
+{{- define "llmtrain.workerServiceAccountEffective" -}}
+{{- default "default" (include "llmtrain.workerServiceAccountName" .) }}
+{{- end }}
+
+{{/* The operator's user name, as request.userInfo.username has it. */}}
+{{- define "llmtrain.operatorUserName" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "llmtrain.operatorServiceAccountName" .) }}
 {{- end }}
 
 {{/* Namespaces the operator watches, as a JSON list; empty when it watches all of them. */}}
@@ -76,16 +89,37 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-Namespaces where jobs run, as a JSON list: the watched namespaces, or `jobNamespaces`
-(default: the release namespace) when the operator watches all of them. Per-namespace
-objects (worker ServiceAccount, NetworkPolicy) go there.
+Whether to render the prometheus-operator objects: when the cluster serves
+monitoring.coreos.com/v1, or `metrics.assumeMonitoringCrds` says it will. "true" or "".
 */}}
-{{- define "llmtrain.jobNamespaces" -}}
-{{- if .Values.watch.allNamespaces }}
-{{- default (list .Release.Namespace) .Values.jobNamespaces | uniq | toJson }}
-{{- else }}
-{{- include "llmtrain.watchNamespaces" . }}
+{{- define "llmtrain.monitoringApi" -}}
+{{- if or .Values.metrics.assumeMonitoringCrds (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") }}true{{ end }}
 {{- end }}
+
+{{/*
+Who may reach a job's driver metrics port, besides the job's own pods: the operator
+(progress) and Prometheus, as NetworkPolicyPeer objects in JSON (LLMTRAIN_METRICS_FROM).
+*/}}
+{{- define "llmtrain.metricsFrom" -}}
+{{- $np := .Values.networkPolicy }}
+{{- $operator := dict
+      "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace))
+      "podSelector" (dict "matchLabels" (include "llmtrain.operatorSelectorLabels" . | fromYaml)) }}
+{{- $prometheus := dict
+      "namespaceSelector" $np.prometheus.namespaceSelector
+      "podSelector" $np.prometheus.podSelector }}
+{{- concat (list $operator $prometheus) $np.extraMetricsFrom | toJson }}
+{{- end }}
+
+{{/* The uninstall hook's annotations (templates/uninstall-hook.yaml); dict "weight". */}}
+{{- define "llmtrain.cleanupHook" -}}
+helm.sh/hook: post-delete
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded,hook-failed
+{{- end }}
+
+{{- define "llmtrain.cleanupName" -}}
+{{- printf "%s-cleanup" (include "llmtrain.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "llmtrain.image" -}}
