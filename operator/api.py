@@ -19,7 +19,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
+from llmtrain.operator.podtemplate import EnvVar, PodTemplate, Quantity
+from llmtrain.operator.podtemplate import problems as pod_template_problems
 from llmtrain.trainer.config import (
+    STAGE_FORMATS,
     CheckpointSpec,
     DistributedSpec,
     Model,
@@ -38,9 +41,9 @@ SINGULAR = "llmtrainingjob"
 SHORT_NAMES = ["llmtj"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Quantities such as "8", "500m", "64Gi"; the apiserver stores them as int-or-string.
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-QUANTITY_SCHEMA: dict[str, Any] = {"x-kubernetes-int-or-string": True, "pattern": QUANTITY}
+# Job names end up in pod names (`{job}-{stage}-a{attempt}-{rank}`, at most 63 characters).
+NAME_MAX = 40
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class Toleration(Model):
@@ -51,22 +54,12 @@ class Toleration(Model):
     toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is ok.")
 
 
-class EnvVar(Model):
-    name: str = Field(min_length=1, description="Variable name.")
-    value: str | None = Field(None, description="Literal value.")
-    secret_key_ref: SecretKeyRef | None = Field(None, description="Take the value from a Secret.")
-
-
 class Resources(Model):
     workers: int = Field(1, ge=1, le=512, description="Pods per stage; rank 0 is the Ray head.")
     gpus_per_worker: int = Field(1, ge=0, le=16, description="`nvidia.com/gpu` per pod.")
-    cpu: int | str = Field(
-        "8", description="CPU request and limit per pod.", json_schema_extra=QUANTITY_SCHEMA
-    )
-    memory: int | str = Field(
-        "64Gi", description="Memory request and limit per pod.", json_schema_extra=QUANTITY_SCHEMA
-    )
-    shm_size: str = Field("16Gi", pattern=QUANTITY, description="Size of /dev/shm (NCCL, Ray).")
+    cpu: Quantity = Field("8", description="CPU request and limit per pod.")
+    memory: Quantity = Field("64Gi", description="Memory request and limit per pod.")
+    shm_size: Quantity = Field("16Gi", description="Size of /dev/shm (NCCL, Ray).")
     image: str | None = Field(
         None, description="Trainer image. Defaults to the operator's configured trainer image."
     )
@@ -87,10 +80,11 @@ class Resources(Model):
     )
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
-    pod_template: dict[str, Any] | None = Field(
+    pod_template: PodTemplate | None = Field(
         None,
-        description="Strategic-merge override applied last to every pod (metadata and spec).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Additions to every pod: labels, annotations, volumes and mounts, env, "
+        "sidecars, init containers, image pull secrets, runtime class. An allow-list: "
+        "securityContext, ServiceAccount, host namespaces and hostPath cannot be set.",
     )
 
 
@@ -144,23 +138,59 @@ class Monitoring(Model):
     )
 
 
-_IMMUTABLE = ("model", "stages", "resources", "distributed", "storage", "checkpointing")
+_IMMUTABLE = (
+    "model",
+    "stages",
+    "resources",
+    "distributed",
+    "storage",
+    "checkpointing",
+    "monitoring",
+)
+
+
+MAX_STAGES = 16
+# CEL has no cheap index loop: lists.range() and indexOf() cost the CRD's whole rule budget
+# in the apiserver's estimate, while a literal list of the possible indices does not.
+_INDICES = "[" + ", ".join(map(str, range(MAX_STAGES))) + "]"
+
+
+def _refs_earlier(field: str, what: str, reward_only: bool = False) -> tuple[str, str, None, str]:
+    """CEL: every `fromStage` at `field` (a path below a stage) names an earlier stage. (A
+    messageExpression naming the culprit's index exceeds the apiserver's cost budget;
+    `llmtrain validate` names it.)"""
+    at = "self.stages[i]"
+    guard = " || ".join(f"!has({at}.{p})" for p in [*_prefixes(field), f"{field}.fromStage"])
+    match = f"self.stages[j].name == {at}.{field}.fromStage"
+    if reward_only:
+        match += " && self.stages[j].type == 'reward'"
+    rule = (
+        f"{_INDICES}.all(i, i >= self.stages.size() || {guard} ||"
+        f" {_INDICES}.exists(j, j < i && {match}))"
+    )
+    return rule, f"every {field}.fromStage must name {what}", None, ".stages"
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 class LLMTrainingJobSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=cel(
-            (
-                "self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
-                "stage names must be unique",
-            ),
+            _refs_earlier("inputModel", "an earlier stage"),
+            _refs_earlier("ppo.rewardModel", "an earlier reward stage", reward_only=True),
+            _refs_earlier("grpo.rewardModel", "an earlier reward stage", reward_only=True),
             *(
                 (
                     # has(): the optional blocks have no CRD default, and comparing a
                     # missing field is an error that would reject every status write.
                     f"oldSelf.suspend == true || (has(self.{f}) == has(oldSelf.{f})"
                     f" && (!has(self.{f}) || self.{f} == oldSelf.{f}))",
-                    f"{f} is immutable while the job is not suspended",
+                    "is immutable while the job is not suspended",
+                    None,
+                    f".{f}",
                 )
                 for f in _IMMUTABLE
             ),
@@ -169,7 +199,11 @@ class LLMTrainingJobSpec(Model):
 
     model: ModelSpec = Field(description="Base model, tokenizer and loading options.")
     stages: list[StageSpec] = Field(
-        min_length=1, max_length=16, description="Stages, run in order; each feeds the next."
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Stages, run in order; each feeds the next. Names are unique.",
+        # A list-map keyed by name: the apiserver refuses a duplicate name with its index.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     resources: Resources = Field(default_factory=Resources, description="Pods of each stage.")
     distributed: DistributedSpec = Field(
@@ -229,12 +263,20 @@ class StageStatus(Model):
     last_checkpoint: str | None = Field(None, description="Newest complete checkpoint.")
     output: str | None = Field(None, description="Where the stage's final model was written.")
     message: str | None = Field(None, description="Why the stage is in its phase.")
+    retry_after: str | None = Field(
+        None, description="While Restarting: when the next attempt starts (retry backoff)."
+    )
 
 
 class LLMTrainingJobStatus(Model):
     phase: Phase = Field(Phase.Pending, description="Phase of the job.")
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
     current_stage: str | None = Field(None, description="Stage running now.")
+    stage_summary: str | None = Field(
+        None, description="The current stage and its position, e.g. `dpo (2/3)`."
+    )
+    restarts: int = Field(0, ge=0, description="Stage attempts retried, over all stages.")
+    reason: str | None = Field(None, description="Reason of the latest transition.")
     stages: list[StageStatus] = Field(default_factory=list, description="Per-stage status.")
     progress: str | None = Field(None, description="Current stage progress, e.g. '120/400'.")
     loss: float | None = Field(None, description="Latest training loss of the current stage.")
@@ -248,9 +290,9 @@ class ObjectMeta(Model):
 
     name: str = Field(
         min_length=1,
-        max_length=40,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Job name; a DNS label, used in pod names.",
+        max_length=NAME_MAX,
+        pattern=DNS_LABEL,
+        description=f"Job name; a DNS label of at most {NAME_MAX} characters (pod names).",
     )
     namespace: str | None = Field(None, description="Namespace.")
 
@@ -388,12 +430,15 @@ def _semantic_problems(model: ModelSpec | None, stages: list[StageSpec | Any]) -
             g = st.grpo
             if g is None or (g.reward_model is None and not g.reward_functions):
                 out.append(Problem(f"{at}.grpo", "needs rewardModel or rewardFunctions"))
-        if st.type in (StageType.dpo, StageType.reward) and st.dataset.format != "preference":
-            out.append(Problem(f"{at}.dataset.format", f"{st.type} stages need preference data"))
-        if st.type in (StageType.ppo, StageType.grpo) and st.dataset.format != "prompt-only":
-            out.append(Problem(f"{at}.dataset.format", f"{st.type} stages need prompt-only data"))
-        if st.type == StageType.pretrain and st.dataset.format != "text":
-            out.append(Problem(f"{at}.dataset.format", "pretrain stages need text data"))
+        formats = STAGE_FORMATS[StageType(st.type)]
+        if st.dataset.format not in formats:
+            need = " or ".join(map(str, formats))
+            out.append(
+                Problem(
+                    f"{at}.dataset.format",
+                    f"{st.type} stages need {need} data, not {st.dataset.format}",
+                )
+            )
         if i == 0 and st.input_model is None and model and not (model.source or model.architecture):
             out.append(Problem("spec.model", "set source or architecture"))
         seen[st.name] = i
@@ -416,16 +461,36 @@ def parse_job(doc: Any) -> LLMTrainingJob:
     if not isinstance(doc, dict):
         raise SpecError([Problem("(document)", "must be a mapping (an LLMTrainingJob object)")])
     try:
-        job = LLMTrainingJob.model_validate(doc)
+        # camelCase only, as the apiserver reads it: a snake_case key is an unknown field.
+        job = LLMTrainingJob.model_validate(doc, by_alias=True, by_name=False)
     except ValidationError as e:
         problems = _pydantic_problems(e)
         # Every problem at once: the cross-field rules still run on the parts that parse.
         problems += [p for p in _partial_semantic_problems(doc) if p not in problems]
         raise SpecError(problems) from None
     problems = _semantic_problems(job.spec.model, list(job.spec.stages))
+    problems += _resource_problems(job.spec.resources, job.spec.storage)
     if problems:
         raise SpecError(problems)
     return job
+
+
+def _resource_problems(resources: Resources | None, storage: Storage | None) -> list[Problem]:
+    """The CEL rules of `spec.resources` and `spec.storage`, for `llmtrain validate`."""
+    out: list[Problem] = []
+    if storage is not None and storage.pvc is not None and storage.object_store is not None:
+        out.append(Problem("spec.storage", "set pvc or objectStore, not both"))
+    if resources is None:
+        return out
+    for i, var in enumerate(resources.env):
+        if var.value is not None and var.secret_key_ref is not None:
+            out.append(Problem(f"spec.resources.env[{i}]", "set value or secretKeyRef, not both"))
+    if resources.pod_template is not None:
+        out += [
+            Problem(f"spec.resources.podTemplate.{path}", message)
+            for path, message in pod_template_problems(resources.pod_template)
+        ]
+    return out
 
 
 def _partial_semantic_problems(doc: dict[str, Any]) -> list[Problem]:
@@ -435,9 +500,11 @@ def _partial_semantic_problems(doc: dict[str, Any]) -> list[Problem]:
 
     def parsed(cls: type[Model], raw: Any) -> Any:
         try:
-            return cls.model_validate(raw)
+            return cls.model_validate(raw, by_alias=True, by_name=False)
         except ValidationError:
             return None
 
     stages = [parsed(StageSpec, raw) or raw for raw in spec["stages"]]
-    return _semantic_problems(parsed(ModelSpec, spec.get("model")), stages)
+    return _semantic_problems(parsed(ModelSpec, spec.get("model")), stages) + _resource_problems(
+        parsed(Resources, spec.get("resources")), parsed(Storage, spec.get("storage"))
+    )

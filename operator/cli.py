@@ -9,6 +9,7 @@ image (no torch) can run every other command.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -61,17 +62,57 @@ class Loaded:
     problems: list[str]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A key given twice is an error, not "the last wins" (as kubectl would, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} appears twice (first at line {seen[key].line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping
+)
+
+
+def _kind_problem(doc: dict[str, Any]) -> str | None:
+    """A document meant as a job but with the wrong kind; None for other objects (a Secret
+    or a PVC next to the job) and for jobs."""
+    kind, version = doc.get("kind"), doc.get("apiVersion")
+    if kind == api.KIND:
+        return None
+    ours = isinstance(version, str) and version.split("/")[0] == api.GROUP
+    looks = (
+        isinstance(kind, str)
+        and difflib.SequenceMatcher(None, kind.lower(), api.KIND.lower()).ratio() > 0.75
+    )
+    if ours or looks or not kind:
+        return f"kind: must be {api.KIND}, not {kind!r}"
+    return None
+
+
 def load_jobs(path: Path) -> list[Loaded]:
     """Every LLMTrainingJob document in a (multi-document) YAML file, parsed or with problems.
 
-    Documents of other kinds (a Secret next to the job, say) are skipped.
+    Documents of other kinds (a Secret next to the job, say) are skipped; one whose kind is a
+    misspelt LLMTrainingJob, or another kind of our API group, is a problem.
     """
     try:
         text = path.read_text()
     except OSError as e:
         return [Loaded(str(path), None, [f"cannot read: {e.strerror}"])]
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -79,14 +120,19 @@ def load_jobs(path: Path) -> list[Loaded]:
     results = []
     for i, doc in enumerate(docs):
         label = f"{path}" if len(docs) == 1 else f"{path}#{i + 1}"
-        if isinstance(doc, dict) and doc.get("kind") not in (None, api.KIND):
+        if isinstance(doc, dict) and doc.get("kind") != api.KIND:
+            problem = _kind_problem(doc)
+            if problem:
+                results.append(Loaded(label, None, [problem]))
             continue
         try:
             results.append(Loaded(label, api.parse_job(doc), []))
         except api.SpecError as e:
             results.append(Loaded(label, None, [str(p) for p in e.problems]))
     if not results:
-        results.append(Loaded(str(path), None, [f"no {api.KIND} document found"]))
+        kinds = sorted({str(d.get("kind")) for d in docs if isinstance(d, dict)})
+        found = f" (found {', '.join(kinds)})" if kinds else ""
+        results.append(Loaded(str(path), None, [f"no {api.KIND} document found{found}"]))
     return results
 
 
@@ -186,7 +232,9 @@ DefaultPvc = Annotated[
 DriverMetricsPort = Annotated[
     int,
     typer.Option(
-        envvar="LLMTRAIN_METRICS_PORT", min=1024, max=65535,
+        envvar="LLMTRAIN_METRICS_PORT",
+        min=1024,
+        max=65535,
         help="Driver /metrics port for jobs that set no spec.monitoring.metricsPort.",
     ),
 ]
@@ -197,40 +245,75 @@ WorkerServiceAccount = Annotated[
         help="ServiceAccount of job pods; empty: the namespace's default.",
     ),
 ]
+NetworkPolicy = Annotated[
+    bool,
+    typer.Option(
+        "--network-policy/--no-network-policy",
+        envvar="LLMTRAIN_NETWORK_POLICY",
+        help="A NetworkPolicy per stage attempt: the gang's pods admit only each other, and "
+        "the driver's metrics port admits --metrics-from.",
+    ),
+]
+MetricsFrom = Annotated[
+    str,
+    typer.Option(
+        envvar="LLMTRAIN_METRICS_FROM",
+        help="JSON list of NetworkPolicyPeers that may read the driver's metrics (the "
+        "operator, Prometheus); used with --network-policy.",
+    ),
+]
 
 
 def _job_defaults(
-    image: str | None, pvc: str, metrics_port: int, service_account: str
+    image: str | None,
+    pvc: str,
+    metrics_port: int,
+    service_account: str,
+    network_policy: bool = False,
+    metrics_from: str = "",
 ) -> JobDefaults:
+    import json
+
     from llmtrain.operator import resources
 
+    try:
+        peers = json.loads(metrics_from) if metrics_from else []
+    except ValueError as e:
+        _fail([f"--metrics-from: not JSON: {e}"])
+    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+        _fail(["--metrics-from: expected a JSON list of NetworkPolicyPeer objects"])
     return resources.JobDefaults(
         image=image or resources.DEFAULT_TRAINER_IMAGE,
         pvc=pvc or None,
         metrics_port=metrics_port,
         service_account=service_account or None,
+        network_policy=network_policy,
+        metrics_from=tuple(peers),
     )
 
 
 @app.command()
 def render(
     job_file: Annotated[Path, typer.Argument(help="LLMTrainingJob manifest.")],
-    stage: Annotated[
-        str | None, typer.Option(help="Stage to render (default: the first).")
-    ] = None,
+    stage: Annotated[str | None, typer.Option(help="Stage to render (default: the first).")] = None,
     attempt: Annotated[int, typer.Option(min=1, help="Attempt number in the names.")] = 1,
     image: Annotated[
         str | None,
         typer.Option(
-            "--image", "--trainer-image", envvar="LLMTRAIN_TRAINER_IMAGE",
+            "--image",
+            "--trainer-image",
+            envvar="LLMTRAIN_TRAINER_IMAGE",
             help="Trainer image when the job sets none.",
         ),
     ] = None,
     default_pvc: DefaultPvc = "",
     driver_metrics_port: DriverMetricsPort = 9400,
     worker_service_account: WorkerServiceAccount = "",
+    network_policy: NetworkPolicy = False,
+    metrics_from: MetricsFrom = "",
 ) -> None:
-    """Print the ConfigMap, Service and pods the operator creates for a stage (YAML)."""
+    """Print the ConfigMap, Service, NetworkPolicy and pods the operator creates for a stage
+    (YAML); fails, like the operator would, on a job that cannot run on a cluster."""
     from llmtrain.operator import resources
 
     job = load_one(job_file)
@@ -239,7 +322,17 @@ def render(
         _fail([f"{job_file}: no stage {stage!r}; stages are {', '.join(names)}"])
     if job.metadata.namespace is None:
         job.metadata.namespace = "default"
-    defaults = _job_defaults(image, default_pvc, driver_metrics_port, worker_service_account)
+    defaults = _job_defaults(
+        image,
+        default_pvc,
+        driver_metrics_port,
+        worker_service_account,
+        network_policy,
+        metrics_from,
+    )
+    problems = resources.cluster_problems(job, defaults)
+    if problems:
+        _fail([f"{job_file}: {p}" for p in problems])
     objs = resources.build_stage_objects(job, stage or names[0], attempt, defaults)
     out.print(resources.to_yaml(objs), end="", markup=False)
 
@@ -260,10 +353,36 @@ def operator(
     default_pvc: DefaultPvc = "",
     driver_metrics_port: DriverMetricsPort = 9400,
     worker_service_account: WorkerServiceAccount = "",
+    network_policy: NetworkPolicy = False,
+    metrics_from: MetricsFrom = "",
+    retry_backoff: Annotated[
+        float,
+        typer.Option(
+            envvar="LLMTRAIN_RETRY_BACKOFF",
+            min=0.0,
+            help="Seconds before the first retry of a failed stage attempt; doubles per retry.",
+        ),
+    ] = 10.0,
+    retry_backoff_max: Annotated[
+        float,
+        typer.Option(
+            envvar="LLMTRAIN_RETRY_BACKOFF_MAX", min=0.0, help="Longest wait between two attempts."
+        ),
+    ] = 300.0,
+    scrape_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="LLMTRAIN_SCRAPE_GRACE",
+            min=0.0,
+            help="Seconds a driver's /metrics may stay unreadable (start-up, data "
+            "preparation) before the job says ProgressUnknown.",
+        ),
+    ] = 300.0,
     resync_seconds: Annotated[
         float,
         typer.Option(
-            envvar="LLMTRAIN_RESYNC_SECONDS", min=0.1,
+            envvar="LLMTRAIN_RESYNC_SECONDS",
+            min=0.1,
             help="Per-job timer: progress scrape, stall watchdog, deadline and TTL.",
         ),
     ] = 10.0,
@@ -286,8 +405,9 @@ def operator(
         int | None, typer.Option(help="Peering priority (default: random per process).")
     ] = None,
     peering_lifetime: Annotated[
-        int, typer.Option(min=1, help="Seconds until a silent replica counts as gone.")
-    ] = 60,
+        int,
+        typer.Option(min=1, help="Seconds until a silent replica counts as gone (failover time)."),
+    ] = 15,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Log everything.")] = False,
 ) -> None:
@@ -296,7 +416,7 @@ def operator(
 
     import kopf
 
-    from llmtrain.operator import handlers
+    from llmtrain.operator import handlers, state
 
     if namespace and all_namespaces:
         _fail(["--namespace and --all-namespaces exclude each other"])
@@ -314,9 +434,20 @@ def operator(
     kopf.configure(verbose=verbose, debug=debug)
     if not (verbose or debug):  # one line per handled event is too much for hundreds of jobs
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the probes, every 10 s
     options = handlers.Options(
         job_defaults=_job_defaults(
-            trainer_image, default_pvc, driver_metrics_port, worker_service_account
+            trainer_image,
+            default_pvc,
+            driver_metrics_port,
+            worker_service_account,
+            network_policy,
+            metrics_from,
+        ),
+        policy=state.Policy(
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            scrape_grace=scrape_grace,
         ),
         resync_seconds=resync_seconds,
         scrape_timeout=scrape_timeout,

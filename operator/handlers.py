@@ -47,6 +47,7 @@ PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 @dataclass
 class Options:
     job_defaults: resources.JobDefaults = field(default_factory=resources.JobDefaults)
+    policy: state.Policy = field(default_factory=state.Policy)
     resync_seconds: float = 10.0
     scrape_timeout: float = 2.0
     namespaces: list[str] = field(default_factory=list)  # empty: every namespace
@@ -114,8 +115,13 @@ def index_pods(
 
 
 async def on_job_event(
-    event: Mapping[str, Any], namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
-    job_pods: kopf.Index[Key, state.PodView], **_: Any,
+    event: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    job_pods: kopf.Index[Key, state.PodView],
+    **_: Any,
 ) -> None:
     ctx: Context = memo.ctx
     if event.get("type") == "DELETED":
@@ -127,8 +133,14 @@ async def on_job_event(
 
 
 async def on_pod_event(
-    event: Mapping[str, Any], namespace: str, uid: str, labels: Mapping[str, str],
-    body: kopf.Body, memo: kopf.Memo, job_pods: kopf.Index[Key, state.PodView], **_: Any,
+    event: Mapping[str, Any],
+    namespace: str,
+    uid: str,
+    labels: Mapping[str, str],
+    body: kopf.Body,
+    memo: kopf.Memo,
+    job_pods: kopf.Index[Key, state.PodView],
+    **_: Any,
 ) -> None:
     ctx: Context = memo.ctx
     if event.get("type") == "DELETED":
@@ -142,7 +154,10 @@ async def on_pod_event(
 
 
 async def on_timer(
-    namespace: str, name: str, memo: kopf.Memo, job_pods: kopf.Index[Key, state.PodView],
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    job_pods: kopf.Index[Key, state.PodView],
     **_: Any,
 ) -> None:
     await reconcile(memo.ctx, namespace, name, job_pods, scrape=True)
@@ -200,7 +215,6 @@ async def reconcile(
         await _reconcile(ctx, slot, namespace, name, list(job_pods.get(key, ())), scrape)
     except Exception:
         ctx.metrics.reconciles.labels(result="error").inc()
-        ctx.metrics.reconcile_errors.inc()
         raise
     finally:
         slot.lock.release()
@@ -208,7 +222,11 @@ async def reconcile(
 
 
 async def _reconcile(
-    ctx: Context, slot: _Slot, namespace: str, name: str, pods: list[state.PodView],
+    ctx: Context,
+    slot: _Slot,
+    namespace: str,
+    name: str,
+    pods: list[state.PodView],
     scrape: bool,
 ) -> None:
     body = slot.body
@@ -218,29 +236,40 @@ async def _reconcile(
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     old = _status(body)
+    defaults, policy = ctx.options.job_defaults, ctx.options.policy
     try:
         job = api.parse_job({k: v for k, v in body.items() if k != "status"})
+        problems = (
+            resources.cluster_problems(job, defaults) if old.phase == api.Phase.Pending else []
+        )
     except api.SpecError as e:
-        new = state.invalid(old, [str(p) for p in e.problems], state.utcnow())
+        problems = e.problems
+    if problems:
+        new = state.invalid(old, [str(p) for p in problems], state.utcnow())
         if new != old and await _write(ctx, slot, body, new):
-            kopf.warn(_kbody(body), reason=state.REASON_VALIDATION, message=str(e))
+            msg = "; ".join(map(str, problems))
+            log.info("job %s/%s failed validation: %s", namespace, name, msg)
+            kopf.warn(_kbody(body), reason=state.REASON_VALIDATION, message=msg)
         ctx.metrics.job_phase(namespace, name, new.phase)
         return
     job.status = old
+    uid = body["metadata"].get("uid")
+    pods = [p for p in pods if p.owner_uid == uid]  # a namesake's orphans are not ours
     sample = await _scrape(ctx, job, pods) if scrape else None
-    d = state.decide(job, pods, state.utcnow(), sample)
+    d = state.decide(job, pods, state.utcnow(), sample, policy)
     if d.restarts or (d.status.phase == api.Phase.Failed and old.phase != api.Phase.Failed):
         # Tearing a gang down on the index's word alone is too much: a pod missing from it
         # may simply not be listed yet (a replica that just took over). Read the pods.
         found = await ctx.kube.list_pods(namespace, f"{resources.LABEL_JOB}={name}")
-        pods = [v for v in map(state.PodView.from_pod, found) if v is not None]
-        d = state.decide(job, pods, state.utcnow(), sample)
+        pods = [v for v in map(state.PodView.from_pod, found) if v and v.owner_uid == uid]
+        d = state.decide(job, pods, state.utcnow(), sample, policy)
     if d.status != old:
         if not await _write(ctx, slot, body, d.status):
             return  # someone wrote in between; the next pass reads the job afresh
         for ev in d.events:
+            log.info("job %s/%s: %s: %s", namespace, name, ev.reason, ev.message)
             kopf.event(_kbody(body), type=ev.type, reason=ev.reason, message=ev.message)
-        _observe(ctx.metrics, d)
+        _observe(ctx.metrics, namespace, name, d)
     ctx.metrics.job_phase(namespace, name, d.status.phase)
     known = slot.body  # the job as it is with d.status
     refused = await _apply(ctx, slot, job, d, pods)
@@ -249,7 +278,11 @@ async def _reconcile(
 
 
 async def _report_refused(
-    ctx: Context, slot: _Slot, body: Body, job: api.LLMTrainingJob, d: state.Decision,
+    ctx: Context,
+    slot: _Slot,
+    body: Body,
+    job: api.LLMTrainingJob,
+    d: state.Decision,
     refused: list[str],
 ) -> None:
     """Without this the job would sit in Pending with nothing said: a CreateFailed condition
@@ -258,8 +291,7 @@ async def _report_refused(
     msg = refusal_message(job, *d.ensure, refused, ctx.options.job_defaults)
     new = state.create_refused(d.status, msg, state.utcnow())
     if new != d.status and await _write(ctx, slot, body, new):
-        kopf.event(_kbody(body), type=state.WARNING, reason=state.REASON_FAILED_CREATE,
-                   message=msg)
+        kopf.event(_kbody(body), type=state.WARNING, reason=state.REASON_FAILED_CREATE, message=msg)
 
 
 def _kbody(body: Body) -> kopf.Body:
@@ -293,13 +325,13 @@ async def _write(ctx: Context, slot: _Slot, body: Body, st: api.LLMTrainingJobSt
     return True
 
 
-def _observe(m: OperatorMetrics, d: state.Decision) -> None:
+def _observe(m: OperatorMetrics, namespace: str, name: str, d: state.Decision) -> None:
     for stage_type, seconds in d.stage_durations:
         m.stage_duration.labels(type=stage_type).observe(seconds)
     if d.time_to_running is not None:
         m.time_to_running.observe(d.time_to_running)
     for reason in d.restarts:
-        m.stage_restarts.labels(reason=reason).inc()
+        m.stage_restarts.labels(namespace=namespace, job=name, reason=reason).inc()
 
 
 async def _scrape(
@@ -314,12 +346,15 @@ async def _scrape(
     if head is None or not head.ip or head.phase != "Running":
         return None
     port = resources.metrics_port(job, ctx.options.job_defaults)
-    values = await progress.scrape(head.ip, port, ctx.options.scrape_timeout)
-    return state.Scrape(cur.name, cur.attempt, values) if values is not None else None
+    values, error = await progress.scrape(head.ip, port, ctx.options.scrape_timeout)
+    return state.Scrape(cur.name, cur.attempt, values, error)
 
 
 async def _apply(
-    ctx: Context, slot: _Slot, job: api.LLMTrainingJob, d: state.Decision,
+    ctx: Context,
+    slot: _Slot,
+    job: api.LLMTrainingJob,
+    d: state.Decision,
     pods: list[state.PodView],
 ) -> list[str]:
     """Delete and create what `d` says; returns the apiserver's reasons for each object
@@ -330,6 +365,8 @@ async def _apply(
     for stage, attempt in d.delete_attempts:
         name = resources.attempt_name(job.metadata.name, stage, attempt)
         deletions += [kube.delete("Service", ns, name), kube.delete("ConfigMap", ns, name)]
+        if ctx.options.job_defaults.network_policy:
+            deletions.append(kube.delete("NetworkPolicy", ns, name))
     await asyncio.gather(*deletions)
     if d.ensure is not None and time.monotonic() - slot.ensured.get(d.ensure, -1e9) > RECREATE:
         objs = resources.build_stage_objects(job, *d.ensure, ctx.options.job_defaults)
@@ -347,11 +384,43 @@ async def _apply(
                     refused.append(why)
                 elif isinstance(r, BaseException):
                     raise r
-            ctx.metrics.pods_created.inc(sum(r is True for r in results[len(others) :]))
+            pod_results = results[len(others) :]
+            ctx.metrics.pods_created.inc(sum(r is True for r in pod_results))
+            if any(r is True for r in pod_results):
+                log.info(
+                    "job %s/%s: created %d pod(s) of stage %s attempt %d",
+                    ns,
+                    job.metadata.name,
+                    sum(r is True for r in pod_results),
+                    *d.ensure,
+                )
+            exists = [o for o, r in zip(missing, pod_results, strict=True) if r is False]
+            refused += await _foreign(kube, job, exists)
             slot.ensured[d.ensure] = time.monotonic()
     if d.delete_job:
         await kube.delete_job(ns, job.metadata.name)
     return refused
+
+
+async def _foreign(kube: Kube, job: api.LLMTrainingJob, pods: list[Body]) -> list[str]:
+    """Pods we tried to create that exist but are not this job's (a deleted namesake's, or
+    no owner at all): never adopted, so the attempt cannot start until they are gone."""
+    uid = (job.metadata.model_extra or {}).get("uid")
+    out = []
+    for obj in pods:
+        meta = obj["metadata"]
+        found = await kube.get_pod(meta["namespace"], meta["name"])
+        owners = [
+            o.get("uid")
+            for o in (found or {}).get("metadata", {}).get("ownerReferences") or []
+            if o.get("controller")
+        ]
+        if found is not None and uid not in owners:
+            out.append(
+                f"pod {meta['name']} exists and is not owned by this job "
+                f"(owner uid {owners[0] if owners else 'none'}); delete it"
+            )
+    return out
 
 
 def _refusal(e: ApiException) -> str:
@@ -368,7 +437,10 @@ def _refusal(e: ApiException) -> str:
 
 
 def refusal_message(
-    job: api.LLMTrainingJob, stage: str, attempt: int, refused: list[str],
+    job: api.LLMTrainingJob,
+    stage: str,
+    attempt: int,
+    refused: list[str],
     defaults: resources.JobDefaults,
 ) -> str:
     """One line for the CreateFailed condition and its Event."""
@@ -422,12 +494,31 @@ def settings(
     return s
 
 
+class PauseWatch(logging.Handler):
+    """Calls `on_pause` when kopf's peering pauses this replica for a peer of higher priority.
+
+    kopf has no hook for it, only these log lines (kopf/_core/engines/peering.py); a standby
+    replica must stop exporting per-job series, or alerts fire on what it saw while active.
+    tests/cluster/operator_tests/test_operator_ha.py fails if kopf rewords them.
+    """
+
+    LOGGER = "kopf._core.engines.peering"
+
+    def __init__(self, on_pause: Any) -> None:
+        super().__init__(logging.INFO)
+        self.on_pause = on_pause
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Pausing "):
+            self.on_pause()
+
+
 def run(
     options: Options,
     *,
     peering: str | None = "llmtrain",
     priority: int | None = None,
-    peering_lifetime: int = 60,
+    peering_lifetime: int = 15,
     liveness: str | None = None,
     metrics_bind: tuple[str, int] | None = None,
 ) -> None:
@@ -439,6 +530,16 @@ def run(
         metrics.serve(*metrics_bind)
     kube = Kube()
     ctx = Context(options=options, kube=kube, metrics=metrics)
+
+    def paused() -> None:
+        log.info("standby: another replica is active; forgetting per-job state and metrics")
+        metrics.forget_jobs()
+        ctx.slots.clear()  # cached job bodies would be stale when this replica resumes
+
+    peering_log = logging.getLogger(PauseWatch.LOGGER)
+    peering_log.addHandler(PauseWatch(paused))
+    if peering_log.getEffectiveLevel() > logging.INFO:
+        peering_log.setLevel(logging.INFO)
     clusterwide = not options.namespaces
     s = settings(
         peering=peering, clusterwide=clusterwide, priority=priority, lifetime=peering_lifetime

@@ -42,6 +42,7 @@ class Kube:
     def __init__(self, api_client_: client.ApiClient | None = None, workers: int = 16) -> None:
         self.client = api_client_ or api_client(workers)
         self.core = client.CoreV1Api(self.client)
+        self.networking = client.NetworkingV1Api(self.client)
         self.custom = client.CustomObjectsApi(self.client)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="kube")
 
@@ -62,7 +63,11 @@ class Kube:
         try:
             body: Body = await self._call(
                 self.custom.get_namespaced_custom_object,
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
             )
         except ApiException as e:
             if e.status == 404:
@@ -81,7 +86,12 @@ class Kube:
         try:
             body: Body = await self._call(
                 self.custom.patch_namespaced_custom_object_status,
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+                patch,
             )
         except ApiException as e:
             if e.status in (404, 409):
@@ -93,7 +103,11 @@ class Kube:
         try:
             await self._call(
                 self.custom.delete_namespaced_custom_object,
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
                 propagation_policy="Background",
             )
         except ApiException as e:
@@ -110,20 +124,28 @@ class Kube:
                 self.custom.create_namespaced_custom_object, group, version, namespace, plural, body
             )
 
+    async def get_pod(self, namespace: str, name: str) -> Body | None:
+        try:
+            body: Body = await self._call(self.core.read_namespaced_pod, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return body
+
     async def list_pods(self, namespace: str, selector: str) -> list[Body]:
-        body = await self._call(
-            self.core.list_namespaced_pod, namespace, label_selector=selector
-        )
+        body = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
         items: list[Body] = body["items"]
         return items
 
     async def create(self, obj: Body) -> bool:
-        """Create a core/v1 object; False when it already exists, or never will because its
+        """Create a child object; False when it already exists, or never will because its
         namespace is being deleted (the job goes with it: nothing to create or report)."""
         creators: dict[str, Callable[..., Any]] = {
             "Pod": self.core.create_namespaced_pod,
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
         try:
             await self._call(creators[obj["kind"]], obj["metadata"]["namespace"], obj)
@@ -134,11 +156,12 @@ class Kube:
         return True
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete a core/v1 object with its default grace period; gone already is fine."""
+        """Delete a child object with its default grace period; gone already is fine."""
         deleters: dict[str, Callable[..., Any]] = {
             "Pod": self.core.delete_namespaced_pod,
             "ConfigMap": self.core.delete_namespaced_config_map,
             "Service": self.core.delete_namespaced_service,
+            "NetworkPolicy": self.networking.delete_namespaced_network_policy,
         }
         try:
             await self._call(deleters[kind], name, namespace)

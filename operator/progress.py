@@ -1,10 +1,11 @@
 """Read a stage driver's Prometheus endpoint (docs/contracts.md §4) for the job's status.
 
-    values = await scrape("10.1.2.3", 9400, timeout=2.0)   # {"llmtrain_train_step": 120.0, ...}
+    values, error = await scrape("10.1.2.3", 9400, timeout=2.0)
+    # ({"llmtrain_train_step": 120.0, ...}, None), or (None, "connection refused")
 
 Only `llmtrain_*` samples are kept; a counter's `_total` sample keeps its full name. A
-driver that is not up yet, or any network error, yields None: progress is best effort and
-the stall watchdog, not this module, decides what a silent driver means.
+driver that is not up yet, or any network error, yields no values and the reason: the state
+machine, not this module, decides what a silent driver means (ProgressUnknown, not a stall).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-async def scrape(host: str, port: int, timeout: float = 2.0) -> dict[str, float] | None:
+async def scrape(
+    host: str, port: int, timeout: float = 2.0
+) -> tuple[dict[str, float] | None, str | None]:
     url = f"http://{host}:{port}/metrics"
     try:
         client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -36,13 +39,15 @@ async def scrape(host: str, port: int, timeout: float = 2.0) -> dict[str, float]
             session.get(url) as rsp,
         ):
             if rsp.status != 200:
-                return None
+                return None, f"GET {url}: HTTP {rsp.status}"
             text = await rsp.text()
-    except (TimeoutError, aiohttp.ClientError, OSError) as e:
+    except TimeoutError:
+        return None, f"GET {url}: no answer within {timeout:g}s"
+    except (aiohttp.ClientError, OSError) as e:
         log.debug("scrape %s failed: %s", url, e)
-        return None
+        return None, f"GET {url}: {e}"
     try:
-        return parse_metrics(text)
+        return parse_metrics(text), None
     except ValueError as e:
         log.warning("scrape %s: unparsable metrics: %s", url, e)
-        return None
+        return None, f"GET {url}: unparsable metrics: {e}"

@@ -19,7 +19,9 @@ from typing import Any
 import yaml
 
 from llmtrain.operator import api
+from llmtrain.operator.podtemplate import PodTemplate
 from llmtrain.trainer.config import StageConfig, resolve_stages
+from llmtrain.trainer.contract import ExitCode
 
 Manifest = dict[str, Any]
 
@@ -59,6 +61,10 @@ class JobDefaults:
     metrics_port: int = DEFAULT_METRICS_PORT
     # Worker pods' serviceAccountName; None: the namespace's `default`.
     service_account: str | None = None
+    # A NetworkPolicy per attempt: the gang's pods admit only each other, and the driver's
+    # metrics port admits `metrics_from` (NetworkPolicyPeers: the operator, Prometheus).
+    network_policy: bool = False
+    metrics_from: tuple[dict[str, Any], ...] = ()
 
 
 _DNS_LABEL_MAX = 63
@@ -257,29 +263,32 @@ def _env(job: api.LLMTrainingJob, stage: str, attempt: int, rank: int) -> list[d
             env.append(_secret_env("AWS_ACCESS_KEY_ID", store.access_key_id))
         if store.secret_access_key is not None:
             env.append(_secret_env("AWS_SECRET_ACCESS_KEY", store.secret_access_key))
-    for var in spec.resources.env:
-        if var.secret_key_ref is not None:
-            env.append(_secret_env(var.name, var.secret_key_ref))
-        else:
-            env.append({"name": var.name, "value": var.value or ""})
+    env += [var.manifest() for var in spec.resources.env]
     return env
 
 
 def _command(job: api.LLMTrainingJob, rank: int) -> list[str]:
+    """Rank 0: the Ray head (no dashboard: nothing uses it, and it would listen on the pod
+    IP), then the driver, whose exit code is the stage's (contract.ExitCode). Other ranks:
+    Ray workers, which end only when the head is gone: a retryable exit."""
     gpus = job.spec.resources.gpus_per_worker
     if rank == 0:
         # RAY_ADDRESS names this very head; `ray start --head` must not try to join it.
         script = (
             f"env -u RAY_ADDRESS ray start --head --port={RAY_GCS_PORT} --node-ip-address=$POD_IP"
-            f" --num-gpus={gpus} --dashboard-host=0.0.0.0 --disable-usage-stats"
+            f" --num-gpus={gpus} --include-dashboard=false --disable-usage-stats"
             f" && exec llmtrain worker --stage-config {CONFIG_FILE}"
         )
     else:
-        # Wait for the head's GCS instead of failing (exit 1 would count as permanent).
+        # sh is PID 1 here, which ignores signals it has no trap for: forward SIGTERM.
+        # Waiting for the head's GCS is not a failure; losing it is a retryable one.
         script = (
-            "until ray health-check --address=$RAY_ADDRESS >/dev/null 2>&1; do sleep 2; done"
-            f" && exec ray start --address=$RAY_ADDRESS --node-ip-address=$POD_IP"
-            f" --num-gpus={gpus} --block"
+            f"trap 'exit {ExitCode.RETRYABLE}' TERM;"
+            " until ray health-check --address=$RAY_ADDRESS >/dev/null 2>&1; do sleep 2; done;"
+            " ray start --address=$RAY_ADDRESS --node-ip-address=$POD_IP"
+            f" --num-gpus={gpus} --block & pid=$!;"
+            " trap 'kill -TERM $pid' TERM; wait $pid; wait $pid;"
+            f" exit {ExitCode.RETRYABLE}"
         )
     return ["/bin/sh", "-c", script]
 
@@ -329,6 +338,22 @@ def _ports(rank: int, metrics: int) -> list[dict[str, Any]]:
     ]
 
 
+# The `restricted` Pod Security profile, forced on every container of every job pod.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def build_worker_pod(
     job: api.LLMTrainingJob,
     stage: str,
@@ -336,9 +361,12 @@ def build_worker_pod(
     rank: int,
     defaults: JobDefaults = JobDefaults(),
 ) -> Manifest:
-    """One pod of the gang. Rank 0 is the Ray head and runs the driver; the rest join it."""
-    spec = job.spec
-    r = spec.resources
+    """One pod of the gang. Rank 0 is the Ray head and runs the driver; the rest join it.
+
+    `spec.resources.podTemplate` adds to the pod (podtemplate.py says what it may add); the
+    security context, the ServiceAccount and the token are set last, whatever it says."""
+    r = job.spec.resources
+    tpl = r.pod_template or PodTemplate()
     name = pod_name(job.metadata.name, stage, attempt, rank)
     ours = {
         **labels(job.metadata.name, stage, attempt),
@@ -346,77 +374,117 @@ def build_worker_pod(
         LABEL_ROLE: "head" if rank == 0 else "worker",
     }
     pvc = storage_claim(job, defaults)
-    meta = _metadata(job, name, {**r.labels, **ours})
-    if r.annotations:
-        meta["annotations"] = dict(r.annotations)
+    meta = _metadata(job, name, {**tpl.metadata.labels, **r.labels, **ours})
+    annotations = {**tpl.metadata.annotations, **r.annotations}
+    if annotations:
+        meta["annotations"] = annotations
+    extra = next((c for c in tpl.spec.containers if c.name == CONTAINER), None)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": r.image or defaults.image,
         "command": _command(job, rank),
-        "env": _env(job, stage, attempt, rank),
+        "env": _env(job, stage, attempt, rank)
+        + [e.manifest() for e in (extra.env if extra else [])],
         "resources": _resources(job),
-        "volumeMounts": _mounts(job, pvc),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-        },
+        "volumeMounts": _mounts(job, pvc) + (_dump(extra.volume_mounts) if extra else []),
     }
+    if extra and extra.env_from:
+        container["envFrom"] = _dump(extra.env_from)
     if r.image_pull_policy:
         container["imagePullPolicy"] = r.image_pull_policy
     ports = _ports(rank, metrics_port(job, defaults))
     if ports:
         container["ports"] = ports
+    sidecars = [c.manifest() for c in tpl.spec.containers if c.name != CONTAINER]
+    grace = tpl.spec.termination_grace_period_seconds or TERMINATION_GRACE_SECONDS
     pod_spec: dict[str, Any] = {
         # Gang semantics: the operator, not the kubelet, decides about restarts.
         "restartPolicy": "Never",
         "hostname": name,
         "subdomain": attempt_name(job.metadata.name, stage, attempt),
         "enableServiceLinks": False,
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": _volumes(job, stage, attempt, pvc),
+        "terminationGracePeriodSeconds": grace,
+        "containers": [container, *sidecars],
+        "volumes": _volumes(job, stage, attempt, pvc) + [v.source() for v in tpl.spec.volumes],
     }
-    if defaults.service_account:
-        pod_spec["serviceAccountName"] = defaults.service_account
+    if tpl.spec.init_containers:
+        pod_spec["initContainers"] = [c.manifest() for c in tpl.spec.init_containers]
+    if tpl.spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = _dump(tpl.spec.image_pull_secrets)
+    if tpl.spec.runtime_class_name:
+        pod_spec["runtimeClassName"] = tpl.spec.runtime_class_name
+    if tpl.spec.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = copy.deepcopy(tpl.spec.topology_spread_constraints)
     if r.node_selector:
         pod_spec["nodeSelector"] = dict(r.node_selector)
     if r.tolerations:
-        pod_spec["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in r.tolerations
-        ]
+        pod_spec["tolerations"] = _dump(r.tolerations)
     if r.affinity:
         pod_spec["affinity"] = copy.deepcopy(r.affinity)
     if r.priority_class_name:
         pod_spec["priorityClassName"] = r.priority_class_name
     if r.scheduler_name:
         pod_spec["schedulerName"] = r.scheduler_name
-    pod: Manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
-    if r.pod_template:
-        pod = deep_merge(pod, r.pod_template)
-        # The override may add labels, never rewrite the ones the operator tracks pods by.
-        pod["metadata"].update(name=name, namespace=namespace_of(job))
-        pod["metadata"]["labels"] = {**(pod["metadata"].get("labels") or {}), **ours}
-        pod["metadata"].pop("ownerReferences", None)
-        pod["metadata"].update({k: v for k, v in meta.items() if k == "ownerReferences"})
-    return pod
+    _lock_down(pod_spec, defaults.service_account)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def _lock_down(pod_spec: dict[str, Any], service_account: str | None) -> None:
+    """What no job may change: restricted security on every container, the worker
+    ServiceAccount (the namespace's `default` when the operator names none) and no token."""
+    pod_spec["securityContext"] = copy.deepcopy(POD_SECURITY)
+    for c in [*pod_spec["containers"], *pod_spec.get("initContainers", [])]:
+        c["securityContext"] = copy.deepcopy(CONTAINER_SECURITY)
+    pod_spec["automountServiceAccountToken"] = False
+    pod_spec["serviceAccountName"] = service_account or "default"
+
+
+def _dump(value: Any) -> Any:
+    """Models (or lists of them) as core/v1 JSON."""
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    return value.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def build_network_policy(
+    job: api.LLMTrainingJob, stage: str, attempt: int, defaults: JobDefaults = JobDefaults()
+) -> Manifest:
+    """Ingress to the attempt's pods only from the same job's pods (Ray GCS, object store,
+    NCCL), and to the driver's metrics port from `defaults.metrics_from`. The Ray ports carry
+    no authentication, and the pods may hold a hub token: other workloads must not reach them.
+    """
+    lbls = labels(job.metadata.name, stage, attempt)
+    selector = {k: lbls[k] for k in (LABEL_JOB, LABEL_STAGE, LABEL_ATTEMPT)}
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": {LABEL_JOB: job.metadata.name}}}]}
+    ]
+    if defaults.metrics_from:
+        port = {"port": metrics_port(job, defaults), "protocol": "TCP"}
+        ingress.append({"from": copy.deepcopy(list(defaults.metrics_from)), "ports": [port]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, attempt_name(job.metadata.name, stage, attempt), lbls),
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
 
 
 def build_stage_objects(
     job: api.LLMTrainingJob, stage: str, attempt: int, defaults: JobDefaults = JobDefaults()
 ) -> list[Manifest]:
-    """Everything one attempt needs, in creation order: ConfigMap, Service, pods by rank."""
+    """Everything one attempt needs, in creation order: ConfigMap, Service, (NetworkPolicy),
+    pods by rank."""
+    policy = (
+        [build_network_policy(job, stage, attempt, defaults)] if defaults.network_policy else []
+    )
     return [
         build_config_map(job, stage, attempt, defaults),
         build_service(job, stage, attempt, defaults),
+        *policy,
         *(
             build_worker_pod(job, stage, attempt, rank, defaults)
             for rank in range(job.spec.resources.workers)
@@ -424,34 +492,54 @@ def build_stage_objects(
     ]
 
 
-def deep_merge(base: Any, override: Any) -> Any:
-    """Strategic-merge-ish: maps merge recursively, `null` deletes a key, lists of named
-    objects (containers, env, volumes, volumeMounts, ports) merge by `name`, other lists
-    are replaced."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        out = dict(base)
-        for key, value in override.items():
-            if value is None:
-                out.pop(key, None)
-            elif key in out:
-                out[key] = deep_merge(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-        return out
-    if isinstance(base, list) and isinstance(override, list) and _named(base) and _named(override):
-        merged = [copy.deepcopy(item) for item in base]
-        index = {item["name"]: i for i, item in enumerate(merged)}
-        for item in override:
-            if item["name"] in index:
-                merged[index[item["name"]]] = deep_merge(merged[index[item["name"]]], item)
-            else:
-                merged.append(copy.deepcopy(item))
-        return merged
-    return copy.deepcopy(override)
+# Paths that mean a file next to the job manifest in a local run, and nothing in a pod.
+_LOCAL_FILE = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
 
 
-def _named(items: list[Any]) -> bool:
-    return bool(items) and all(isinstance(i, dict) and "name" in i for i in items)
+def cluster_problems(job: api.LLMTrainingJob, defaults: JobDefaults) -> list[api.Problem]:
+    """What makes a valid job unable to run on a cluster with these defaults, although
+    `llmtrain run` runs it: outputs that cannot outlive a pod, paths relative to a laptop."""
+    out: list[api.Problem] = []
+    spec = job.spec
+    if spec.storage.object_store is None and storage_claim(job, defaults) is None:
+        out.append(
+            api.Problem(
+                "spec.storage",
+                "no storage that outlives the pods: the model would be lost with them, a "
+                "later stage or another worker could not read it, and a retry would find no "
+                "checkpoint; set storage.pvc.claimName (a ReadWriteMany claim) or "
+                "storage.objectStore (or run the operator with a default PVC)",
+            )
+        )
+    paths = [
+        ("spec.model.source", spec.model.source),
+        ("spec.model.tokenizer.source", spec.model.tokenizer.source),
+    ]
+    for i, st in enumerate(spec.stages):
+        at = f"spec.stages[{i}]"
+        paths.append((f"{at}.dataset.source", st.dataset.source))
+        paths.append((f"{at}.inputModel.path", st.input_model.path if st.input_model else None))
+        for block in ("ppo", "grpo"):
+            ref = getattr(getattr(st, block), "reward_model", None)
+            paths.append((f"{at}.{block}.rewardModel.path", ref.path if ref else None))
+    for where, value in paths:
+        if value and _relative(value):
+            out.append(
+                api.Problem(
+                    where,
+                    f"relative path {value!r} means nothing in a pod: use an absolute path "
+                    f"under storage.mountPath ({spec.storage.mount_path}/...) or a URI",
+                )
+            )
+    return out
+
+
+def _relative(value: str) -> bool:
+    """A local relative path, as opposed to an absolute path, a URI or a hub id (`org/name`,
+    which has no file extension)."""
+    if value.startswith("/") or "://" in value:
+        return False
+    return value.startswith(("./", "../")) or value.endswith(_LOCAL_FILE)
 
 
 class _Dumper(yaml.SafeDumper):

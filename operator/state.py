@@ -13,9 +13,11 @@ after a restart, reaches the same answer. Per stage the phases are
     any failure -> Restarting (tear the gang down) -> Pending (attempt N+1) ... or Failed
     spec.suspend -> Suspended (pods removed) -> Pending (attempt N+1) on resume
 
-and the job's phase follows its current stage. Exit codes follow PyTorchJob's ExitCode
-policy: 1-127 are permanent (a bug or a bad config will fail again), 128+ (signals, OOM
-kills), evictions, preemptions and deleted pods are retried from the newest checkpoint.
+and the job's phase follows its current stage. Exit codes follow the trainer's contract
+(`llmtrain.trainer.contract.ExitCode`): only PERMANENT (the job's own mistake) fails the job
+at once; every other failure (RETRYABLE, signals such as an OOM kill, unknown codes,
+evictions, preemptions, deleted pods) is retried from the newest checkpoint, after an
+exponential backoff, until `runPolicy.backoffLimit`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from llmtrain.operator import api, resources
 from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, Progress, StageStatus
+from llmtrain.trainer.contract import retryable
 
 # Condition types (metav1.Condition.type).
 COND_CREATED = "Created"
@@ -38,6 +41,10 @@ COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 # True while the apiserver refuses an attempt's objects (ReplicaSet's ReplicaFailure).
 COND_CREATE_FAILED = "CreateFailed"
+# True while a pod of the attempt cannot start: unschedulable, an image that will not pull.
+COND_PODS_PENDING = "PodsPending"
+# True while the driver's /metrics cannot be read: progress and the stall watchdog wait.
+COND_PROGRESS_UNKNOWN = "ProgressUnknown"
 
 # Reasons, on conditions and Events.
 REASON_CREATED = "JobCreated"
@@ -58,6 +65,9 @@ REASON_RESUMED = "Resumed"
 REASON_VALIDATION = "ValidationFailed"
 REASON_FAILED_CREATE = "FailedCreate"  # the reason the Job and ReplicaSet controllers use
 REASON_PODS_CREATED = "PodsCreated"
+REASON_PODS_STARTED = "PodsStarted"
+REASON_SCRAPE_FAILED = "MetricsUnreadable"
+REASON_SCRAPED = "MetricsRead"
 
 NORMAL, WARNING = "Normal", "Warning"
 TERMINAL = (Phase.Succeeded, Phase.Failed)
@@ -92,6 +102,10 @@ class PodView:
     disruption: str | None = None
     deleting: bool = False
     ip: str | None = None
+    owner_uid: str | None = None  # the controlling ownerReference's uid
+    finished_at: str | None = None  # when the trainer container terminated
+    # Why a Pending pod does not start: (reason, message) from the scheduler or the kubelet.
+    waiting: tuple[str, str] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -108,18 +122,17 @@ class PodView:
         except (KeyError, ValueError):
             return None
         status = pod.get("status") or {}
-        exit_code, reason = None, status.get("reason")
+        exit_code, reason, finished_at = None, status.get("reason"), None
         for cs in status.get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if cs.get("name") == resources.CONTAINER and term:
                 exit_code = term.get("exitCode")
                 reason = reason or term.get("reason")
-        disruption = next(
-            (
-                c.get("reason")
-                for c in status.get("conditions") or []
-                if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
-            ),
+                finished_at = term.get("finishedAt")
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        disruption = conditions.get("DisruptionTarget") or {}
+        owner = next(
+            (o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")),
             None,
         )
         return cls(
@@ -130,19 +143,60 @@ class PodView:
             phase=status.get("phase") or "Pending",
             exit_code=exit_code,
             reason=reason,
-            disruption=disruption,
+            disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
             deleting=bool(meta.get("deletionTimestamp")),
             ip=status.get("podIP"),
+            owner_uid=owner,
+            finished_at=finished_at,
+            waiting=_waiting(status, conditions.get("PodScheduled") or {}),
         )
+
+
+# Waiting reasons of a container that is on its way (not worth a condition).
+_STARTING = {"ContainerCreating", "PodInitializing"}
+
+
+def _waiting(status: Mapping[str, Any], scheduled: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) while a pod cannot start: the scheduler's verdict, or a container
+    the kubelet cannot start (ErrImagePull, CreateContainerConfigError, ...)."""
+    if status.get("phase", "Pending") != "Pending":
+        return None
+    if scheduled.get("status") == "False" and scheduled.get("reason"):
+        return str(scheduled["reason"]), str(scheduled.get("message") or "")
+    for cs in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _STARTING:
+            return str(waiting["reason"]), f"{cs.get('name')}: {waiting.get('message') or ''}"
+    return None
 
 
 @dataclass(frozen=True)
 class Scrape:
-    """Metric values read from the driver of one attempt (docs/contracts.md §4)."""
+    """Metric values read from the driver of one attempt (docs/contracts.md §4), or why they
+    could not be read."""
 
     stage: str
     attempt: int
-    values: dict[str, float]
+    values: dict[str, float] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator's settings the decision depends on (`llmtrain operator` options)."""
+
+    # Retries wait base * 2^(restarts-1) seconds, capped (the Job controller's shape).
+    retry_backoff: float = 10.0
+    retry_backoff_max: float = 300.0
+    # A driver may take this long (Ray start, data preparation) before its /metrics is up,
+    # or between two reads, before ProgressUnknown is raised.
+    scrape_grace: float = 300.0
+
+    def backoff(self, restarts: int) -> float:
+        return float(min(self.retry_backoff * 2 ** max(restarts - 1, 0), self.retry_backoff_max))
 
 
 @dataclass(frozen=True)
@@ -206,20 +260,26 @@ def _set_phase(
     st: LLMTrainingJobStatus, phase: Phase, reason: str, message: str, now: datetime
 ) -> None:
     """The job's phase, and the conditions that mirror it: a condition turns True with the
-    phase and False when the phase leaves it; a False one keeps the reason it flipped for."""
+    phase and False when the phase leaves it; a False one keeps the reason it flipped for,
+    until the job finishes: then every one says how it ended (no old stage's text)."""
     st.phase = phase
-    for type_, on in (
+    finished = phase in TERMINAL
+    mirrors = [
         (COND_RUNNING, phase == Phase.Running),
         (COND_RESTARTING, phase == Phase.Restarting),
         (COND_SUSPENDED, phase == Phase.Suspended),
-    ):
+    ]
+    if finished:
+        mirrors += [(COND_PODS_PENDING, False), (COND_PROGRESS_UNKNOWN, False)]
+    for type_, on in mirrors:
         c = condition(st, type_)
-        if on or (c is not None and c.status == "True"):
+        if on or (c is not None and (c.status == "True" or finished)):
             set_condition(st, type_, on, reason, message, now)
     if phase == Phase.Succeeded:
         set_condition(st, COND_SUCCEEDED, True, reason, message, now)
     if phase == Phase.Failed:
         set_condition(st, COND_FAILED, True, reason, message, now)
+    st.reason = reason
 
 
 # ---- the decision ------------------------------------------------------------------------
@@ -230,11 +290,16 @@ def decide(
     pods: list[PodView],
     now: datetime,
     scrape: Scrape | None = None,
+    policy: Policy = Policy(),
 ) -> Decision:
-    """The next status and actions for `job`, given its pods (and, optionally, metrics)."""
+    """The next status and actions for `job`, given its pods (and, optionally, metrics).
+    Pods the job does not own (another uid: an orphan of a deleted namesake) are ignored."""
     st = (job.status or LLMTrainingJobStatus()).model_copy(deep=True)
     d = Decision(status=st)
     spec = job.spec
+    uid = (job.metadata.model_extra or {}).get("uid")
+    if uid:
+        pods = [p for p in pods if p.owner_uid == uid]
     _sync_stages(st, job)
     generation = (job.metadata.model_extra or {}).get("generation")
     if isinstance(generation, int):
@@ -243,15 +308,17 @@ def decide(
     if st.phase in TERMINAL:
         _expire(job, st, now, d)
         d.delete_pods = _unwanted(job, st, pods)
+        _summarise(st)
         return d
 
     cur = current_stage(st)
     if cur is None:  # first pass
         cur = st.stages[0]
         st.current_stage = cur.name
-        set_condition(st, COND_CREATED, True, REASON_CREATED, "", now)
+        msg = f"{len(st.stages)} stage(s): {', '.join(s.name for s in st.stages)}"
+        set_condition(st, COND_CREATED, True, REASON_CREATED, msg, now)
+        st.reason = REASON_CREATED
         if not spec.suspend:
-            st.start_time = fmt_time(now)
             _start_attempt(job, st, cur, 1, now, d)
 
     deadline = spec.run_policy.active_deadline_seconds
@@ -264,9 +331,18 @@ def decide(
     elif st.phase == Phase.Suspended:
         _resume(job, st, cur, pods, now, d)
     else:
-        _step(job, st, cur, pods, now, scrape, d)
+        _step(job, st, cur, pods, now, scrape, policy, d)
     d.delete_pods = _unwanted(job, st, pods)
+    _summarise(st)
     return d
+
+
+def _summarise(st: LLMTrainingJobStatus) -> None:
+    """The fields `kubectl get llmtj` shows: `dpo (2/3)` and the restarts so far."""
+    names = [s.name for s in st.stages]
+    if st.current_stage in names:
+        st.stage_summary = f"{st.current_stage} ({names.index(st.current_stage) + 1}/{len(names)})"
+    st.restarts = sum(s.restarts for s in st.stages)
 
 
 def invalid(
@@ -289,6 +365,7 @@ def create_refused(
     quota, admission): the job keeps waiting and retrying, and says why."""
     st = status.model_copy(deep=True)
     set_condition(st, COND_CREATE_FAILED, True, REASON_FAILED_CREATE, message, now)
+    st.reason = REASON_FAILED_CREATE
     return st
 
 
@@ -314,11 +391,11 @@ def _start_attempt(
 ) -> None:
     cur.attempt, cur.phase = attempt, Phase.Pending
     cur.start_time = cur.start_time or fmt_time(now)
-    cur.last_progress_time, cur.message = None, None
+    cur.last_progress_time, cur.message, cur.retry_after = None, None, None
     first = resources.stage_index(job, cur.name) == 0 and attempt == 1
     if st.phase != Phase.Restarting:  # a retry stays Restarting until its gang runs
         phase = Phase.Pending if first else Phase.Initializing
-        _set_phase(st, phase, REASON_STAGE_STARTED, "", now)
+        _set_phase(st, phase, REASON_STAGE_STARTED, f"stage {cur.name} attempt {attempt}", now)
     d.ensure = (cur.name, attempt)
 
 
@@ -329,14 +406,17 @@ def _step(
     pods: list[PodView],
     now: datetime,
     scrape: Scrape | None,
+    policy: Policy,
     d: Decision,
 ) -> None:
     """Advance a running (or restarting) stage by what its pods show."""
     mine = [p for p in pods if p.stage == cur.name and p.attempt == cur.attempt]
     if cur.phase in _LIVE:
-        _observe_gang(job, st, cur, mine, now, scrape, d)
-    # Retry once the old gang is gone: its SIGTERM checkpoint must land first.
-    if cur.phase == Phase.Restarting and not mine:
+        _observe_gang(job, st, cur, mine, now, scrape, policy, d)
+    # Retry once the old gang is gone (its SIGTERM checkpoint must land first) and the
+    # backoff has passed.
+    due = parse_time(cur.retry_after)
+    if cur.phase == Phase.Restarting and not mine and (due is None or now >= due):
         _start_attempt(job, st, cur, cur.attempt + 1, now, d)
 
 
@@ -347,25 +427,29 @@ def _observe_gang(
     mine: list[PodView],
     now: datetime,
     scrape: Scrape | None,
+    policy: Policy,
     d: Decision,
 ) -> None:
     workers = job.spec.resources.workers
     by_rank = {p.rank: p for p in mine}
+    where = f"stage {cur.name} attempt {cur.attempt}"
     refused = condition(st, COND_CREATE_FAILED)
-    if len(by_rank) >= workers and refused is not None and refused.status == "True":
-        msg = f"stage {cur.name} attempt {cur.attempt}: all {workers} pod(s) created"
-        set_condition(st, COND_CREATE_FAILED, False, REASON_PODS_CREATED, msg, now)
+    if len(by_rank) >= workers:
+        st.start_time = st.start_time or fmt_time(now)  # the deadline counts from here
+        if refused is not None and refused.status == "True":
+            msg = f"{where}: all {workers} pod(s) created"
+            set_condition(st, COND_CREATE_FAILED, False, REASON_PODS_CREATED, msg, now)
     head = by_rank.get(0)
     if head is not None and head.phase == "Succeeded":
         _stage_succeeded(job, st, cur, now, d)
         return
     failure = _gang_failure(cur, by_rank, workers)
     if failure is None and cur.phase == Phase.Running:
-        _progress(job, st, cur, scrape, now)
-        failure = _stalled(job, cur, now)
+        failure = _progress(job, st, cur, scrape, now, policy, d)
     if failure is not None:
-        _attempt_failed(job, st, cur, failure, now, d)
+        _attempt_failed(job, st, cur, failure, now, policy, d)
         return
+    _pending(st, mine, where, now, d)
     if len(by_rank) < workers:
         d.ensure = (cur.name, cur.attempt)
     elif all(p.phase == "Running" for p in by_rank.values()):
@@ -374,17 +458,38 @@ def _observe_gang(
                 created = parse_time(job.metadata.model_extra.get("creationTimestamp"))
                 d.time_to_running = (now - created).total_seconds() if created else None
             cur.phase, cur.last_progress_time = Phase.Running, fmt_time(now)
-            msg = f"stage {cur.name} attempt {cur.attempt}: all {workers} pod(s) running"
+            msg = f"{where}: all {workers} pod(s) running"
             _set_phase(st, Phase.Running, REASON_RUNNING, msg, now)
             d.events.append(Event(NORMAL, REASON_RUNNING, msg))
     elif cur.phase == Phase.Pending:
         cur.phase = Phase.Initializing
         if st.phase == Phase.Pending:
-            _set_phase(st, Phase.Initializing, REASON_STAGE_STARTED, "", now)
+            _set_phase(st, Phase.Initializing, REASON_STAGE_STARTED, where, now)
+
+
+def _pending(
+    st: LLMTrainingJobStatus, mine: list[PodView], where: str, now: datetime, d: Decision
+) -> None:
+    """PodsPending while a pod cannot start, with the scheduler's or kubelet's reason; one
+    Event each time the reason changes."""
+    stuck = next((p for p in sorted(mine, key=lambda p: p.rank) if p.waiting), None)
+    c = condition(st, COND_PODS_PENDING)
+    if stuck is not None and stuck.waiting is not None:
+        reason, why = stuck.waiting
+        msg = f"{where}: pod {stuck.name}: {why}".rstrip(": ")
+        if c is None or c.status != "True" or c.reason != reason:
+            d.events.append(Event(WARNING, reason, msg))
+        set_condition(st, COND_PODS_PENDING, True, reason, msg, now)
+        st.reason = reason
+    elif c is not None and c.status == "True":
+        set_condition(
+            st, COND_PODS_PENDING, False, REASON_PODS_STARTED, f"{where}: pods started", now
+        )
 
 
 def _gang_failure(cur: StageStatus, by_rank: dict[int, PodView], workers: int) -> Failure | None:
-    """Why the attempt's gang is broken, if it is; a permanent reason wins over the rest."""
+    """Why the attempt's gang is broken, if it is. The most retryable failure wins: a head
+    OOM-killed (137) takes its workers down with it, and their exits must not make it final."""
     found: list[Failure] = []
     for rank in range(workers):
         p = by_rank.get(rank)
@@ -393,13 +498,13 @@ def _gang_failure(cur: StageStatus, by_rank: dict[int, PodView], workers: int) -
                 found.append(Failure(REASON_DELETED, True, f"rank {rank} pod was deleted"))
         elif p.deleting or p.phase == "Failed":
             found.append(classify(p))
-    permanent = [f for f in found if not f.retryable]
-    worst = permanent or found
+    transient = [f for f in found if f.retryable]
+    worst = transient or found
     return worst[0] if worst else None
 
 
 def classify(p: PodView) -> Failure:
-    """PyTorchJob's ExitCode restart policy, plus evictions, preemptions and deletions."""
+    """The trainer's exit-code contract, plus evictions, preemptions and deletions."""
     who = f"pod {p.name} (rank {p.rank})"
     if p.disruption in _PREEMPTION:
         return Failure(REASON_PREEMPTED, True, f"{who} was preempted")
@@ -407,20 +512,10 @@ def classify(p: PodView) -> Failure:
         return Failure(REASON_EVICTED, True, f"{who} was evicted ({p.disruption or p.reason})")
     if p.deleting and p.phase != "Failed":
         return Failure(REASON_DELETED, True, f"{who} was deleted")
-    if p.exit_code is not None and 1 <= p.exit_code <= 127:
+    if not retryable(p.exit_code):
         return Failure(REASON_PERMANENT, False, f"{who} exited with code {p.exit_code}")
     code = "no exit code" if p.exit_code is None else f"exit code {p.exit_code}"
     return Failure(REASON_POD_FAILED, True, f"{who} failed ({p.reason or 'Error'}, {code})")
-
-
-def _stalled(job: api.LLMTrainingJob, cur: StageStatus, now: datetime) -> Failure | None:
-    timeout = job.spec.run_policy.stall_timeout_seconds
-    since = parse_time(cur.last_progress_time)
-    if timeout and since and now - since >= timedelta(seconds=timeout):
-        return Failure(
-            REASON_STALLED, True, f"step {cur.progress.step} has not advanced for {timeout}s"
-        )
-    return None
 
 
 def _attempt_failed(
@@ -429,6 +524,7 @@ def _attempt_failed(
     cur: StageStatus,
     failure: Failure,
     now: datetime,
+    policy: Policy,
     d: Decision,
 ) -> None:
     limit = job.spec.run_policy.backoff_limit
@@ -443,7 +539,12 @@ def _attempt_failed(
     cur.restarts += 1
     cur.phase = Phase.Restarting
     cur.message = failure.message
-    msg = f"{where}: {failure.message}; retrying as attempt {cur.attempt + 1}"
+    wait = policy.backoff(cur.restarts)
+    cur.retry_after = fmt_time(now + timedelta(seconds=math.ceil(wait)))
+    msg = (
+        f"{where}: {failure.message}; retrying as attempt {cur.attempt + 1} "
+        f"at {cur.retry_after} (backoff {wait:g}s)"
+    )
     _set_phase(st, Phase.Restarting, failure.reason, msg, now)
     d.events.append(Event(WARNING, failure.reason, msg))
     d.restarts.append(failure.reason)
@@ -520,10 +621,9 @@ def _resume(
 ) -> None:
     if any(p.stage == cur.name and p.attempt == cur.attempt for p in pods):
         return  # the suspended gang is still checkpointing and terminating
-    st.start_time = fmt_time(now)
     msg = f"resumed at stage {cur.name}"
     set_condition(st, COND_SUSPENDED, False, REASON_RESUMED, msg, now)
-    st.phase = Phase.Initializing
+    st.phase, st.reason = Phase.Initializing, REASON_RESUMED
     d.events.append(Event(NORMAL, REASON_RESUMED, msg))
     _start_attempt(job, st, cur, cur.attempt + 1, now, d)
 
@@ -537,7 +637,8 @@ def _expire(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, now: datetime, d:
 
 def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodView]) -> list[str]:
     """Pods to remove: every pod behind the current attempt, or of an attempt that ended,
-    except the finished rank-0 pod of each stage's last attempt (kept for its logs).
+    except, for their logs, the finished rank-0 pod of each stage's last attempt and, when
+    the job failed, the pod that failed first. Terminated pods hold no resources.
 
     Pods *ahead* of the status (a later stage or attempt) are left alone: a status read
     that lags behind our own last write must never tear down the newer gang.
@@ -549,10 +650,19 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
     here = (order.get(cur.name, -1), cur.attempt)
     live = cur.phase in _LIVE and st.phase not in TERMINAL and st.phase != Phase.Suspended
     last = {s.name: s.attempt for s in st.stages if s.phase in TERMINAL}
+    keep = set()
+    if st.phase == Phase.Failed:
+        failed = [
+            p
+            for p in pods
+            if (p.stage, p.attempt) == (cur.name, cur.attempt) and p.phase == "Failed"
+        ]
+        first = min(failed, key=lambda p: (p.finished_at or "~", p.rank), default=None)
+        keep = {first.name} if first else set()
     out = []
     for p in pods:
         at = (order.get(p.stage, -1), p.attempt)
-        if p.deleting or at > here or (at == here and live):
+        if p.deleting or at > here or (at == here and live) or p.name in keep:
             continue
         if p.rank == 0 and p.terminal and last.get(p.stage) == p.attempt:
             continue
@@ -582,9 +692,34 @@ def _progress(
     cur: StageStatus,
     scrape: Scrape | None,
     now: datetime,
-) -> None:
+    policy: Policy,
+    d: Decision,
+) -> Failure | None:
+    """Fold a scrape of the driver into the status; a Stalled failure when the step stood
+    still for stallTimeoutSeconds. Only a driver we can read can be called stalled: one we
+    cannot read gets ProgressUnknown (once past the start-up grace) and keeps running."""
     if scrape is None or (scrape.stage, scrape.attempt) != (cur.name, cur.attempt):
-        return
+        return None
+    since = parse_time(cur.last_progress_time) or now
+    unknown = condition(st, COND_PROGRESS_UNKNOWN)
+    if scrape.values is None:
+        if now - since >= timedelta(seconds=policy.scrape_grace):
+            msg = f"stage {cur.name}: cannot read the driver's metrics: {scrape.error}"
+            if unknown is None or unknown.status != "True":
+                d.events.append(Event(WARNING, REASON_SCRAPE_FAILED, msg))
+            set_condition(st, COND_PROGRESS_UNKNOWN, True, REASON_SCRAPE_FAILED, msg, now)
+        return None
+    if unknown is not None and unknown.status == "True":
+        # The stall clock restarts: the step may well have moved while we could not look.
+        set_condition(
+            st,
+            COND_PROGRESS_UNKNOWN,
+            False,
+            REASON_SCRAPED,
+            f"stage {cur.name}: metrics readable again",
+            now,
+        )
+        cur.last_progress_time = fmt_time(now)
     v = {k: _num(x) for k, x in scrape.values.items() if math.isfinite(x)}
     step = int(v.get("llmtrain_train_step", cur.progress.step))
     total = int(v.get("llmtrain_train_total_steps", cur.progress.total_steps))
@@ -601,3 +736,14 @@ def _progress(
         cur.last_checkpoint = f"{out}/checkpoints/checkpoint-{ckpt}"
     st.progress = f"{step}/{total}"
     st.loss = cur.progress.loss
+    return _stalled(job, cur, now)
+
+
+def _stalled(job: api.LLMTrainingJob, cur: StageStatus, now: datetime) -> Failure | None:
+    timeout = job.spec.run_policy.stall_timeout_seconds
+    since = parse_time(cur.last_progress_time)
+    if timeout and since and now - since >= timedelta(seconds=timeout):
+        return Failure(
+            REASON_STALLED, True, f"step {cur.progress.step} has not advanced for {timeout}s"
+        )
+    return None

@@ -24,14 +24,25 @@ class Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        allow_inf_nan=False,  # JSON (and so the apiserver) cannot carry them
         use_enum_values=True,
         validate_default=True,
     )
 
 
-def cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """`json_schema_extra` for CEL `x-kubernetes-validations`: (rule, message) pairs."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+def cel(*rules: tuple[str, ...] | tuple[str, str, str | None, str]) -> dict[str, Any]:
+    """`json_schema_extra` for CEL `x-kubernetes-validations`, one tuple per rule:
+    (rule, message[, messageExpression[, fieldPath]]). The messageExpression names the culprit
+    (a stage name, a value); fieldPath makes the apiserver report the field, not the object."""
+    out = []
+    for rule, message, *rest in rules:
+        item = {"rule": rule, "message": message}
+        if rest and rest[0]:
+            item["messageExpression"] = rest[0]
+        if len(rest) > 1 and rest[1]:
+            item["fieldPath"] = rest[1]
+        out.append(item)
+    return {"x-kubernetes-validations": out}
 
 
 class StageType(StrEnum):
@@ -207,8 +218,11 @@ class Hyperparameters(Model):
 class ModelRef(Model):
     """Where a stage takes a model from: an earlier stage's output or a path."""
 
-    from_stage: str | None = Field(None, description="Name of an earlier stage.")
-    path: str | None = Field(None, description="Local, PVC or URI path of a model.")
+    # maxLength bounds the cost of the CRD's CEL rules that compare it with stage names.
+    from_stage: str | None = Field(None, max_length=40, description="Name of an earlier stage.")
+    path: str | None = Field(
+        None, max_length=1024, description="Local, PVC or URI path of a model."
+    )
 
 
 class DPOLossType(StrEnum):
@@ -260,6 +274,25 @@ class GRPOParams(Model):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
 
 
+# The one table of what each stage type needs: the API's validation (Python and CEL) and
+# each stage module's data loading read it.
+STAGE_FORMATS: dict[StageType, tuple[DataFormat, ...]] = {
+    StageType.pretrain: (DataFormat.text,),
+    StageType.sft: (DataFormat.prompt_completion, DataFormat.messages, DataFormat.text),
+    StageType.reward: (DataFormat.preference,),
+    StageType.dpo: (DataFormat.preference,),
+    StageType.ppo: (DataFormat.prompt_only,),
+    StageType.grpo: (DataFormat.prompt_only,),
+}
+
+
+def _formats_cel() -> str:
+    table = ", ".join(
+        f"'{t}': [{', '.join(repr(str(f)) for f in fs)}]" for t, fs in STAGE_FORMATS.items()
+    )
+    return "{" + table + "}"
+
+
 class StageSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=cel(
@@ -267,6 +300,18 @@ class StageSpec(Model):
             ("!has(self.ppo) || self.type == 'ppo'", "ppo is only allowed on ppo stages"),
             ("!has(self.grpo) || self.type == 'grpo'", "grpo is only allowed on grpo stages"),
             ("self.type != 'ppo' || has(self.ppo)", "ppo stages need ppo.rewardModel"),
+            (
+                f"self.dataset.format in {_formats_cel()}[self.type]",
+                "does not fit the stage type: "
+                + "; ".join(f"{t} needs {' or '.join(fs)}" for t, fs in STAGE_FORMATS.items()),
+                None,
+                ".dataset.format",
+            ),
+            (
+                "self.type != 'grpo' || (has(self.grpo) && (has(self.grpo.rewardModel) ||"
+                " (has(self.grpo.rewardFunctions) && self.grpo.rewardFunctions.size() > 0)))",
+                "grpo stages need grpo.rewardModel or grpo.rewardFunctions",
+            ),
             (
                 "!has(self.inputModel) || (has(self.inputModel.fromStage) != "
                 "has(self.inputModel.path))",

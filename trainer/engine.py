@@ -41,7 +41,15 @@ log = logging.getLogger(__name__)
 
 
 class StageError(RuntimeError):
-    """The stage failed; the message says where (driver data checks or a worker)."""
+    """The stage failed; the message says where (driver data checks or a worker).
+
+    `permanent`: the job's own mistake (bad data or config, a ValueError in a worker), which a
+    retry would repeat; otherwise infrastructure (a worker died), retried from the checkpoint.
+    """
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class StageInterrupted(StageError):
@@ -179,7 +187,10 @@ def run(cfg: StageConfig) -> dict[str, Any]:
         return dict(json.loads((out / "result.json").read_text()))
     hp = cfg.stage.hyperparameters
     if hp.early_stopping_patience and not _may_eval(cfg):
-        raise StageError("earlyStoppingPatience needs evaluation data (evalSplit or evalFraction)")
+        raise StageError(
+            "earlyStoppingPatience needs evaluation data (evalSplit or evalFraction)",
+            permanent=True,
+        )
     stage = stages.load(cfg.stage.type)
     removed = checkpoint.clean(out / "checkpoints")
     if removed:
@@ -215,7 +226,7 @@ def run(cfg: StageConfig) -> dict[str, Any]:
         stack.callback(monitor.stop)
         outcome = _fit(cfg, out, queue, use_gpu, per_worker)
     if getattr(outcome, "error", None):
-        raise StageError(f"stage {cfg.stage.name} failed: {_root_cause(outcome.error)}")
+        raise _failed(cfg, outcome.error)
     stop_file.unlink(missing_ok=True)
     if signals and not monitor.result:  # a signal after the workers finished changes nothing
         raise StageInterrupted(
@@ -265,7 +276,7 @@ def _fit(
     try:
         return trainer.fit()
     except Exception as e:
-        raise StageError(f"stage {cfg.stage.name} failed in a worker: {_root_cause(e)}") from e
+        raise _failed(cfg, e) from e
 
 
 def _may_eval(cfg: StageConfig) -> bool:
@@ -273,15 +284,26 @@ def _may_eval(cfg: StageConfig) -> bool:
     return bool(spec.eval_split) or spec.eval_fraction > 0
 
 
-def _root_cause(error: BaseException) -> str:
-    """The innermost message of a Ray error chain: what the user needs, not Ray's wrapping."""
+def _failed(cfg: StageConfig, error: BaseException) -> StageError:
+    """A worker's failure as a StageError: permanent when the innermost error is a ValueError
+    (DataError included: bad data, config or template; Ray re-raises it as a subclass of the
+    original), else infrastructure (a dead actor, a lost node, NCCL), worth a retry."""
+    root = _root_cause(error)
+    return StageError(
+        f"stage {cfg.stage.name} failed in a worker: {type(root).__name__}: {root}",
+        permanent=isinstance(root, ValueError),
+    )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error of a Ray error chain: what the user needs, not Ray's wrapping."""
     seen = error
     for _ in range(10):
         nxt = getattr(seen, "cause", None) or seen.__cause__
         if nxt is None or nxt is seen:
             break
         seen = nxt
-    return f"{type(seen).__name__}: {seen}"
+    return seen
 
 
 def _train_worker(config: dict[str, Any]) -> None:

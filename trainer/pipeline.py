@@ -186,7 +186,8 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
         raise RunError(
             [f"stage {p.config.stage.name} failed (exit {proc.returncode}); last log lines:"]
             + ["  " + line for line in tail]
-            + [f"full log: {out / 'logs' / 'worker.log'}"]
+            + [f"full log: {out / 'logs' / 'worker.log'}"],
+            code=proc.returncode or 1,  # the stage's own exit code (contract.ExitCode)
         )
     (out / "run.json").write_text(json.dumps({"started": started, "finished": time.time()}))
     view.stage_finished(p.config, _read_json(out / "result.json"))

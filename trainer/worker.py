@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import ExitCode
 
 log = logging.getLogger("llmtrain")
 
@@ -33,14 +34,18 @@ def load_config(path: Path) -> StageConfig:
 
 
 def run_stage(path: Path) -> tuple[int, list[str]]:
-    """Run the stage in `path`: (0, []) on success, else (exit code, problems)."""
+    """Run the stage in `path`: (0, []) on success, else (exit code, problems). The code
+    follows contract.ExitCode: PERMANENT for the job's own mistakes, RETRYABLE for lost
+    workers, 128+n after a signal (the checkpoint was saved)."""
     _setup_logging()
     try:
         cfg = load_config(path)
     except OSError as e:
-        return 1, [f"{path}: cannot read: {e.strerror}"]
+        return ExitCode.PERMANENT, [f"{path}: cannot read: {e.strerror}"]
     except ValidationError as e:
-        return 1, [f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        return ExitCode.PERMANENT, [
+            f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        ]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not os.environ.get("RAY_ADDRESS"):
         # A one-machine Ray must stay on loopback; Ray binds the host's address otherwise.
@@ -53,10 +58,13 @@ def run_stage(path: Path) -> tuple[int, list[str]]:
         engine.run(cfg)
     except engine.StageInterrupted as e:
         return 128 + e.signum, [str(e)]
-    except (DataError, engine.StageError, ValueError) as e:
+    except engine.StageError as e:
         log.debug("stage failed", exc_info=True)
-        return 1, [str(e)]
-    return 0, []
+        return ExitCode.PERMANENT if e.permanent else ExitCode.RETRYABLE, [str(e)]
+    except (DataError, ValueError) as e:  # found by the driver, before any worker started
+        log.debug("stage failed", exc_info=True)
+        return ExitCode.PERMANENT, [str(e)]
+    return ExitCode.SUCCEEDED, []
 
 
 def generate(model: str, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> str:

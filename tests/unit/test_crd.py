@@ -48,10 +48,26 @@ def test_schema_is_structural_and_documented() -> None:
 
 def test_preserve_unknown_fields_only_where_free_form() -> None:
     free = sorted(p for p, n in _walk(schema()) if n.get("x-kubernetes-preserve-unknown-fields"))
+    # podTemplate itself is an allow-list; only the inside of allowed volume sources and
+    # spread constraints is free-form (the apiserver checks those when the pod is created).
+    volumes = "openAPIV3Schema.spec.resources.podTemplate.spec.volumes[]"
     assert free == [
         "openAPIV3Schema.spec.model.architecture",
         "openAPIV3Schema.spec.resources.affinity",
-        "openAPIV3Schema.spec.resources.podTemplate",
+        "openAPIV3Schema.spec.resources.podTemplate.spec.topologySpreadConstraints[]",
+        *(
+            f"{volumes}.{s}"
+            for s in (
+                "configMap",
+                "csi",
+                "downwardAPI",
+                "emptyDir",
+                "ephemeral",
+                "persistentVolumeClaim",
+                "projected",
+                "secret",
+            )
+        ),
     ]
 
 
@@ -72,14 +88,24 @@ def test_enums_bounds_defaults_and_cel_rules_are_in_the_schema() -> None:
     assert stage["properties"]["hyperparameters"]["properties"]["seed"]["default"] == 42
     assert spec["properties"]["stages"]["maxItems"] == 16
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
-    assert any("exists_one" in r for r in rules), "unique stage names"
+    stages = spec["properties"]["stages"]
+    assert stages["x-kubernetes-list-type"] == "map", "unique stage names, refused by index"
+    assert stages["x-kubernetes-list-map-keys"] == ["name"]
     assert any("oldSelf" in r for r in rules), "immutability while running"
+    immutable = {r["fieldPath"] for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]}
+    assert ".monitoring" in immutable and ".resources" in immutable
 
 
 def test_printer_columns() -> None:
     doc = yaml.safe_load(crd.crd_yaml())
     cols = [c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Stage", "Progress", "Loss", "Age"]
+    assert cols == ["Phase", "Stage", "Progress", "Loss", "Restarts", "Age", "Reason"]
+    wide = [
+        c["name"]
+        for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]
+        if c.get("priority") == 1
+    ]
+    assert wide == ["Reason"]
     assert doc["spec"]["versions"][0]["subresources"] == {"status": {}}
 
 

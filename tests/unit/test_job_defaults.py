@@ -25,8 +25,13 @@ DOC: dict[str, Any] = {
     "metadata": {"name": "chat", "namespace": "ml", "uid": "u1", "resourceVersion": "1"},
     "spec": {
         "model": {"source": "org/base"},
-        "stages": [{"name": "sft", "type": "sft",
-                    "dataset": {"source": "/storage/d.jsonl", "format": "messages"}}],
+        "stages": [
+            {
+                "name": "sft",
+                "type": "sft",
+                "dataset": {"source": "/storage/d.jsonl", "format": "messages"},
+            }
+        ],
         "resources": {"workers": 2, "gpusPerWorker": 1},
     },
 }
@@ -42,8 +47,7 @@ def make(**spec: Any) -> api.LLMTrainingJob:
 def storage(pod: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pod's storage volume and the trainer's mount of it."""
     vol = next(v for v in pod["spec"]["volumes"] if v["name"] == "storage")
-    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"]
-                 if m["name"] == "storage")
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "storage")
     return vol, mount
 
 
@@ -54,8 +58,11 @@ def metrics_ports(objs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "stage config": StageConfig.model_validate_json(cm["data"]["stage.json"]).metrics_port,
         "service": (svc_port["port"], svc_port["targetPort"]),
-        "container": next(p["containerPort"] for p in head["spec"]["containers"][0]["ports"]
-                          if p["name"] == "metrics"),
+        "container": next(
+            p["containerPort"]
+            for p in head["spec"]["containers"][0]["ports"]
+            if p["name"] == "metrics"
+        ),
     }
 
 
@@ -82,7 +89,9 @@ def test_a_job_with_its_own_storage_keeps_it() -> None:
     # An object store needs no shared volume: scratch space, no default claim.
     s3 = make(storage={"objectStore": {"uri": "s3://bucket/llm"}})
     assert storage(resources.build_worker_pod(s3, "sft", 1, 0, SET))[0] == {
-        "name": "storage", "emptyDir": {}}
+        "name": "storage",
+        "emptyDir": {},
+    }
 
 
 def test_without_a_default_pvc_outputs_stay_in_the_pod() -> None:
@@ -95,36 +104,44 @@ def test_without_a_default_pvc_outputs_stay_in_the_pod() -> None:
 
 def test_default_metrics_port_is_used_everywhere_the_port_appears() -> None:
     objs = resources.build_stage_objects(make(), "sft", 1, SET)
-    assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600),
-                                   "container": 9600}
+    assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600), "container": 9600}
     plain = resources.build_stage_objects(make(), "sft", 1)
-    assert metrics_ports(plain) == {"stage config": 9400, "service": (9400, 9400),
-                                    "container": 9400}
+    assert metrics_ports(plain) == {
+        "stage config": 9400,
+        "service": (9400, 9400),
+        "container": 9400,
+    }
 
 
 def test_a_job_with_its_own_metrics_port_keeps_it() -> None:
     # 9400 too: a job that asks for the built-in default by name keeps it.
     for port in (9500, 9400):
-        objs = resources.build_stage_objects(make(monitoring={"metricsPort": port}), "sft", 1,
-                                             SET)
-        assert metrics_ports(objs) == {"stage config": port, "service": (port, port),
-                                       "container": port}
+        objs = resources.build_stage_objects(make(monitoring={"metricsPort": port}), "sft", 1, SET)
+        assert metrics_ports(objs) == {
+            "stage config": port,
+            "service": (port, port),
+            "container": port,
+        }
 
 
 def test_the_operator_scrapes_the_port_the_driver_serves(monkeypatch) -> None:
     asked: list[int] = []
 
-    async def scrape(ip: str, port: int, timeout: float) -> dict[str, float]:
+    async def scrape(ip: str, port: int, timeout: float) -> tuple[dict[str, float], None]:
         asked.append(port)
-        return {"llmtrain_train_step": 1.0}
+        return {"llmtrain_train_step": 1.0}, None
 
     monkeypatch.setattr(handlers.progress, "scrape", scrape)
-    ctx = handlers.Context(options=handlers.Options(job_defaults=SET), kube=None,  # unused
-                           metrics=OperatorMetrics())
+    ctx = handlers.Context(
+        options=handlers.Options(job_defaults=SET),
+        kube=None,  # unused
+        metrics=OperatorMetrics(),
+    )
     head = state.PodView("chat-sft-a1-0", "sft", 1, 0, phase="Running", ip="10.0.0.5")
     for job, port in ((make(), 9600), (make(monitoring={"metricsPort": 9500}), 9500)):
         job.status = api.LLMTrainingJobStatus(
-            current_stage="sft", stages=[api.StageStatus(name="sft", phase="Running", attempt=1)])
+            current_stage="sft", stages=[api.StageStatus(name="sft", phase="Running", attempt=1)]
+        )
         assert asyncio.run(handlers._scrape(ctx, job, [head])) is not None
         assert asked.pop() == port
 
@@ -137,12 +154,13 @@ def test_worker_pods_run_as_the_configured_service_account() -> None:
         assert pod["spec"]["serviceAccountName"] == "llm-worker"
         assert pod["spec"]["automountServiceAccountToken"] is False
     for pod in resources.build_stage_objects(make(), "sft", 1)[2:]:
-        assert "serviceAccountName" not in pod["spec"]  # the namespace's `default`
-    # A job's podTemplate is applied last, so a job may pick its own.
-    own = make(resources={**DOC["spec"]["resources"],
-                          "podTemplate": {"spec": {"serviceAccountName": "team-sa"}}})
-    assert resources.build_worker_pod(own, "sft", 1, 0, SET)["spec"]["serviceAccountName"] \
-        == "team-sa"
+        assert pod["spec"]["serviceAccountName"] == "default"  # exists in every namespace
+    # A job cannot pick its own: that would be a way to run as any account in the namespace.
+    doc = copy.deepcopy(DOC)
+    doc["spec"]["resources"]["podTemplate"] = {"spec": {"serviceAccountName": "team-sa"}}
+    assert [str(p) for p in api.validate_job(doc)] == [
+        "spec.resources.podTemplate.spec.serviceAccountName: unknown field"
+    ]
 
 
 # ---- llmtrain render ---------------------------------------------------------------------
@@ -151,26 +169,47 @@ def test_worker_pods_run_as_the_configured_service_account() -> None:
 def test_render_previews_the_operator_defaults_from_its_environment(root: Path) -> None:
     from tests.conftest import run_cli
 
-    quickstart = str(root / "examples" / "quickstart.yaml")  # sets no storage, no port
-    r = run_cli("render", quickstart, LLMTRAIN_DEFAULT_PVC="llm-checkpoints",
-                LLMTRAIN_METRICS_PORT="9600", LLMTRAIN_WORKER_SERVICE_ACCOUNT="llm-worker")
+    job = tmp_job(root)  # sets no storage, no port
+    r = run_cli(
+        "render",
+        job,
+        LLMTRAIN_DEFAULT_PVC="llm-checkpoints",
+        LLMTRAIN_METRICS_PORT="9600",
+        LLMTRAIN_WORKER_SERVICE_ACCOUNT="llm-worker",
+    )
     assert r.returncode == 0, r.stderr
     objs = list(yaml.safe_load_all(r.stdout))
     pod = objs[2]
     assert storage(pod)[0]["persistentVolumeClaim"] == {"claimName": "llm-checkpoints"}
-    assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600),
-                                   "container": 9600}
+    assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600), "container": 9600}
     assert pod["spec"]["serviceAccountName"] == "llm-worker"
     # Flags as well, and empty values mean "none", as the chart passes them.
-    flags = run_cli("render", quickstart, "--default-pvc", "other", "--driver-metrics-port",
-                    "9700", LLMTRAIN_WORKER_SERVICE_ACCOUNT="", LLMTRAIN_DEFAULT_PVC="x")
+    flags = run_cli(
+        "render",
+        job,
+        "--default-pvc",
+        "other",
+        "--driver-metrics-port",
+        "9700",
+        LLMTRAIN_WORKER_SERVICE_ACCOUNT="",
+        LLMTRAIN_DEFAULT_PVC="x",
+    )
     assert flags.returncode == 0, flags.stderr
     objs = list(yaml.safe_load_all(flags.stdout))
     assert storage(objs[2])[0]["persistentVolumeClaim"] == {"claimName": "other"}
     assert metrics_ports(objs)["container"] == 9700
-    assert "serviceAccountName" not in objs[2]["spec"]
-    bad = run_cli("render", quickstart, LLMTRAIN_METRICS_PORT="80")
+    assert objs[2]["spec"]["serviceAccountName"] == "default"
+    bad = run_cli("render", job, LLMTRAIN_METRICS_PORT="80")
     assert bad.returncode != 0 and "1024" in bad.stderr  # the range is checked
+    none = run_cli("render", job, LLMTRAIN_DEFAULT_PVC="")  # nowhere to keep the model
+    assert none.returncode == 1 and "spec.storage: no storage that outlives" in none.stderr
+
+
+def tmp_job(root: Path) -> str:
+    path = root / ".build" / "render-defaults.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(DOC))
+    return str(path)
 
 
 # ---- a refused pod -----------------------------------------------------------------------
@@ -181,8 +220,10 @@ def test_render_previews_the_operator_defaults_from_its_environment(root: Path) 
 
 
 def test_a_missing_account_message_says_where_to_create_it() -> None:
-    refused = ['pods "chat-sft-a1-0" is forbidden: error looking up service account '
-               'ml/llm-worker: serviceaccount "llm-worker" not found'] * 2
+    refused = [
+        'pods "chat-sft-a1-0" is forbidden: error looking up service account '
+        'ml/llm-worker: serviceaccount "llm-worker" not found'
+    ] * 2
     msg = handlers.refusal_message(make(), "sft", 1, refused, SET)
     assert msg.startswith('stage sft attempt 1: pods "chat-sft-a1-0" is forbidden')
     assert "(and 1 more)" in msg and "create it in namespace 'ml'" in msg
@@ -190,8 +231,9 @@ def test_a_missing_account_message_says_where_to_create_it() -> None:
     assert other == "stage sft attempt 1: quota exceeded"
 
 
-@pytest.mark.parametrize(("status", "reported"), [(403, True), (422, True), (429, False),
-                                                  (500, False)])
+@pytest.mark.parametrize(
+    ("status", "reported"), [(403, True), (422, True), (429, False), (500, False)]
+)
 def test_only_refusals_for_good_are_reported(status: int, reported: bool) -> None:
     e = ApiException(status=status, reason="X", body=json.dumps({"message": "no"}))
     assert handlers._refusal(e) == ("no" if reported else "")
@@ -199,8 +241,10 @@ def test_only_refusals_for_good_are_reported(status: int, reported: bool) -> Non
 
 
 def test_a_terminating_namespace_is_not_a_refusal() -> None:
-    body = {"message": "unable to create new content in namespace x because it is being "
-            "terminated", "details": {"causes": [{"reason": "NamespaceTerminating"}]}}
+    body = {
+        "message": "unable to create new content in namespace x because it is being terminated",
+        "details": {"causes": [{"reason": "NamespaceTerminating"}]},
+    }
     assert kube.namespace_terminating(ApiException(status=403, reason="Forbidden")) is False
     e = ApiException(status=403, reason="Forbidden")
     e.body = json.dumps(body)

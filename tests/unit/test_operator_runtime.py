@@ -39,21 +39,27 @@ def test_operator_metrics_use_the_contract_names() -> None:
     m.stage_duration.labels(type="sft").observe(120)
     m.time_to_running.observe(3)
     m.reconciles.labels(result="ok").inc()
-    m.reconcile_errors.inc(0)
     m.pods_created.inc(2)
-    m.stage_restarts.labels(reason="Stalled").inc()
+    m.stage_restarts.labels(namespace="a", job="j1", reason="Stalled").inc()
+    m.stage_restarts.labels(namespace="b", job="j3", reason="PodFailed").inc()
     text = generate_latest(m.registry).decode()
     for line in (
-        'llmtrain_jobs{namespace="a",phase="Running"} 1.0',
-        'llmtrain_jobs{namespace="b",phase="Failed"} 1.0',
-        'llmtrain_stage_duration_seconds_count{type="sft"} 1.0',
-        "llmtrain_job_time_to_running_seconds_count 1.0",
-        'llmtrain_reconciles_total{result="ok"} 1.0',
-        "llmtrain_reconcile_errors_total 0.0",
-        "llmtrain_pods_created_total 2.0",
-        'llmtrain_stage_restarts_total{reason="Stalled"} 1.0',
+        'llmtrain_operator_jobs{namespace="a",phase="Running"} 1.0',
+        'llmtrain_operator_jobs{namespace="b",phase="Failed"} 1.0',
+        'llmtrain_operator_job_phase{job="j3",namespace="b",phase="Failed"} 1.0',
+        'llmtrain_operator_stage_duration_seconds_count{type="sft"} 1.0',
+        "llmtrain_operator_job_time_to_running_seconds_count 1.0",
+        'llmtrain_operator_reconciles_total{result="ok"} 1.0',
+        "llmtrain_operator_pods_created_total 2.0",
+        'llmtrain_operator_stage_restarts_total{job="j1",namespace="a",reason="Stalled"} 1.0',
     ):
         assert line in text, line
+    assert "process_resident_memory_bytes" in text
+    m.job_phase("b", "j3", None)  # deleted: its restarts go too
+    assert 'job="j3"' not in generate_latest(m.registry).decode()
+    m.forget_jobs()  # standby: no per-job series at all
+    text = generate_latest(m.registry).decode()
+    assert 'job="j1"' not in text and "llmtrain_operator_jobs{" not in text
 
 
 def test_status_patch_nulls_what_is_unset() -> None:

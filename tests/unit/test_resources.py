@@ -1,11 +1,12 @@
 """The pure builders, field by field, plus golden YAML for whole stage attempts.
 
-    UPDATE_GOLDEN=1 pytest tests/unit/test_resources.py     # rewrite tests/golden/*.yaml
+UPDATE_GOLDEN=1 pytest tests/unit/test_resources.py     # rewrite tests/golden/*.yaml
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -30,13 +31,24 @@ BASE: dict[str, Any] = {
     "spec": {
         "model": {"source": "org/base", "hubToken": {"name": "hf", "key": "token"}},
         "stages": [
-            {"name": "sft", "type": "sft",
-             "dataset": {"source": "/storage/d.jsonl", "format": "prompt-completion"}},
-            {"name": "dpo", "type": "dpo",
-             "dataset": {"source": "/storage/p.jsonl", "format": "preference"}},
+            {
+                "name": "sft",
+                "type": "sft",
+                "dataset": {"source": "/storage/d.jsonl", "format": "prompt-completion"},
+            },
+            {
+                "name": "dpo",
+                "type": "dpo",
+                "dataset": {"source": "/storage/p.jsonl", "format": "preference"},
+            },
         ],
-        "resources": {"workers": 3, "gpusPerWorker": 4, "cpu": "16", "memory": "128Gi",
-                      "shmSize": "32Gi"},
+        "resources": {
+            "workers": 3,
+            "gpusPerWorker": 4,
+            "cpu": "16",
+            "memory": "128Gi",
+            "shmSize": "32Gi",
+        },
         "storage": {"pvc": {"claimName": "ckpt", "subPath": "runs"}, "mountPath": "/storage"},
         "monitoring": {"metricsPort": 9500},
     },
@@ -85,9 +97,13 @@ def test_long_names_stay_dns_labels() -> None:
 
 
 def test_labels_owner_and_roles() -> None:
-    job = make(resources={**BASE["spec"]["resources"],
-                          "labels": {"kueue.x-k8s.io/queue-name": "gpu"},
-                          "annotations": {"team": "nlp"}})
+    job = make(
+        resources={
+            **BASE["spec"]["resources"],
+            "labels": {"kueue.x-k8s.io/queue-name": "gpu"},
+            "annotations": {"team": "nlp"},
+        }
+    )
     head, worker = (resources.build_worker_pod(job, "sft", 1, r) for r in (0, 1))
     assert head["metadata"]["labels"] == {
         "kueue.x-k8s.io/queue-name": "gpu",
@@ -103,10 +119,16 @@ def test_labels_owner_and_roles() -> None:
     }
     assert worker["metadata"]["labels"]["llmtrain.io/role"] == "worker"
     assert head["metadata"]["annotations"] == {"team": "nlp"}
-    assert head["metadata"]["ownerReferences"] == [{
-        "apiVersion": "llmtrain.io/v1alpha1", "kind": "LLMTrainingJob", "name": "chat",
-        "uid": UID, "controller": True, "blockOwnerDeletion": True,
-    }]
+    assert head["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "llmtrain.io/v1alpha1",
+            "kind": "LLMTrainingJob",
+            "name": "chat",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
 
 
 def test_without_a_uid_there_is_no_owner_reference() -> None:
@@ -122,9 +144,11 @@ def test_without_a_uid_there_is_no_owner_reference() -> None:
 def test_config_map_holds_the_resolved_stage_config() -> None:
     job = make()
     first = StageConfig.model_validate_json(
-        resources.build_config_map(job, "sft", 1)["data"]["stage.json"])
+        resources.build_config_map(job, "sft", 1)["data"]["stage.json"]
+    )
     second = StageConfig.model_validate_json(
-        resources.build_config_map(job, "dpo", 3)["data"]["stage.json"])
+        resources.build_config_map(job, "dpo", 3)["data"]["stage.json"]
+    )
     assert first.output_dir == "/storage/chat/sft"
     assert first.input_model == "org/base"
     assert second.input_model == "/storage/chat/sft/final"  # the previous stage's output
@@ -146,9 +170,14 @@ def test_headless_service_selects_the_attempt() -> None:
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"] == {
-        "llmtrain.io/job": "chat", "llmtrain.io/stage": "sft", "llmtrain.io/attempt": "2"}
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"ray-gcs": 6379,
-                                                                    "metrics": 9500}
+        "llmtrain.io/job": "chat",
+        "llmtrain.io/stage": "sft",
+        "llmtrain.io/attempt": "2",
+    }
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+        "ray-gcs": 6379,
+        "metrics": 9500,
+    }
 
 
 # ---- pods --------------------------------------------------------------------------------
@@ -174,11 +203,24 @@ def test_rank_zero_is_head_and_driver_others_join() -> None:
 
 def test_environment_follows_the_contract() -> None:
     e = env(resources.build_worker_pod(make(), "dpo", 3, 2, DEFAULTS))
-    assert {k: e[k] for k in ("LLMTRAIN_JOB", "LLMTRAIN_NAMESPACE", "LLMTRAIN_STAGE",
-                              "LLMTRAIN_ATTEMPT", "LLMTRAIN_RANK", "LLMTRAIN_WORLD_SIZE",
-                              "LLMTRAIN_STORAGE")} == {
-        "LLMTRAIN_JOB": "chat", "LLMTRAIN_NAMESPACE": "ml", "LLMTRAIN_STAGE": "dpo",
-        "LLMTRAIN_ATTEMPT": "3", "LLMTRAIN_RANK": "2", "LLMTRAIN_WORLD_SIZE": "3",
+    assert {
+        k: e[k]
+        for k in (
+            "LLMTRAIN_JOB",
+            "LLMTRAIN_NAMESPACE",
+            "LLMTRAIN_STAGE",
+            "LLMTRAIN_ATTEMPT",
+            "LLMTRAIN_RANK",
+            "LLMTRAIN_WORLD_SIZE",
+            "LLMTRAIN_STORAGE",
+        )
+    } == {
+        "LLMTRAIN_JOB": "chat",
+        "LLMTRAIN_NAMESPACE": "ml",
+        "LLMTRAIN_STAGE": "dpo",
+        "LLMTRAIN_ATTEMPT": "3",
+        "LLMTRAIN_RANK": "2",
+        "LLMTRAIN_WORLD_SIZE": "3",
         "LLMTRAIN_STORAGE": "/storage",
     }
     assert e["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
@@ -203,10 +245,16 @@ def test_resources_volumes_and_mounts() -> None:
 
 
 def test_object_store_uses_scratch_and_secret_credentials() -> None:
-    job = make(storage={"objectStore": {
-        "uri": "s3://bucket/llm", "endpoint": "http://minio:9000",
-        "accessKeyId": {"name": "s3", "key": "id"},
-        "secretAccessKey": {"name": "s3", "key": "secret"}}})
+    job = make(
+        storage={
+            "objectStore": {
+                "uri": "s3://bucket/llm",
+                "endpoint": "http://minio:9000",
+                "accessKeyId": {"name": "s3", "key": "id"},
+                "secretAccessKey": {"name": "s3", "key": "secret"},
+            }
+        }
+    )
     pod = resources.build_worker_pod(job, "sft", 1, 0)
     e = env(pod)
     assert e["LLMTRAIN_OBJECT_STORE_URI"] == "s3://bucket/llm"
@@ -225,53 +273,92 @@ def test_restricted_pod_security() -> None:
     csc = pod["spec"]["containers"][0]["securityContext"]
     assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert csc == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                   "runAsNonRoot": True}
+    assert csc == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["serviceAccountName"] == "default"
 
 
 def test_scheduling_fields_pass_through() -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [
-            {"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}}
-    job = make(resources={
-        **BASE["spec"]["resources"],
-        "image": "own/image:1", "imagePullPolicy": "Always",
-        "nodeSelector": {"pool": "gpu"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "affinity": affinity, "priorityClassName": "high", "schedulerName": "volcano",
-        "env": [{"name": "A", "value": "1"},
-                {"name": "B", "secretKeyRef": {"name": "s", "key": "k"}}],
-    })
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                ]
+            }
+        }
+    }
+    job = make(
+        resources={
+            **BASE["spec"]["resources"],
+            "image": "own/image:1",
+            "imagePullPolicy": "Always",
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "affinity": affinity,
+            "priorityClassName": "high",
+            "schedulerName": "volcano",
+            "env": [
+                {"name": "A", "value": "1"},
+                {"name": "B", "secretKeyRef": {"name": "s", "key": "k"}},
+            ],
+        }
+    )
     pod = resources.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
     spec = pod["spec"]
     assert spec["containers"][0]["image"] == "own/image:1"  # the job's image wins
     assert spec["containers"][0]["imagePullPolicy"] == "Always"
     assert spec["nodeSelector"] == {"pool": "gpu"}
     assert spec["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert spec["affinity"] == affinity
     assert spec["priorityClassName"] == "high"
     assert spec["schedulerName"] == "volcano"
     assert env(pod)["A"] == "1" and env(pod)["B"] == {"secretKeyRef": {"name": "s", "key": "k"}}
 
 
-def test_pod_template_is_merged_last_but_keeps_our_identity() -> None:
-    job = make(resources={**BASE["spec"]["resources"], "podTemplate": {
-        "metadata": {"labels": {"extra": "yes", "llmtrain.io/rank": "7"},
-                     "annotations": {"sidecar.istio.io/inject": "false"}},
-        "spec": {
-            "terminationGracePeriodSeconds": 600,
-            "serviceAccountName": "trainer",
-            "containers": [{"name": "trainer",
-                            "env": [{"name": "NCCL_DEBUG", "value": "INFO"},
-                                    {"name": "LLMTRAIN_STORAGE", "value": "/other"}],
-                            "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
-                           {"name": "sidecar", "image": "busybox"}],
-            "volumes": [{"name": "cache", "emptyDir": {}}],
-            "enableServiceLinks": None,
-        },
-    }})
+TEMPLATE = {
+    "metadata": {
+        "labels": {"extra": "yes", "llmtrain.io/rank": "7"},
+        "annotations": {"sidecar.istio.io/inject": "false"},
+    },
+    "spec": {
+        "terminationGracePeriodSeconds": 600,
+        "containers": [
+            {
+                "name": "trainer",
+                "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+                "envFrom": [{"configMapRef": {"name": "nccl"}}],
+                "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+            },
+            {
+                "name": "shipper",
+                "image": "fluent/fluent-bit:3",
+                "env": [{"name": "TOKEN", "secretKeyRef": {"name": "s", "key": "k"}}],
+                "volumeMounts": [{"name": "storage", "mountPath": "/logs", "readOnly": True}],
+            },
+        ],
+        "initContainers": [{"name": "fetch", "image": "busybox", "command": ["true"]}],
+        "volumes": [
+            {"name": "cache", "emptyDir": {}},
+            {"name": "certs", "secret": {"secretName": "ca"}},
+        ],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "runtimeClassName": "nvidia",
+    },
+}
+
+
+def test_pod_template_adds_to_the_pod_and_keeps_our_identity() -> None:
+    job = make(resources={**BASE["spec"]["resources"], "podTemplate": TEMPLATE})
     pod = resources.build_worker_pod(job, "sft", 1, 0, DEFAULTS)
     spec = pod["spec"]
     assert pod["metadata"]["labels"]["extra"] == "yes"
@@ -279,22 +366,90 @@ def test_pod_template_is_merged_last_but_keeps_our_identity() -> None:
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     assert pod["metadata"]["ownerReferences"][0]["uid"] == UID
     assert spec["terminationGracePeriodSeconds"] == 600
-    assert spec["serviceAccountName"] == "trainer"
-    assert "enableServiceLinks" not in spec  # null deletes
-    assert [c["name"] for c in spec["containers"]] == ["trainer", "sidecar"]
-    trainer = spec["containers"][0]
-    assert trainer["image"] == IMAGE  # merged by name, not replaced
-    assert env(pod)["NCCL_DEBUG"] == "INFO" and env(pod)["LLMTRAIN_STORAGE"] == "/other"
+    assert [c["name"] for c in spec["containers"]] == ["trainer", "shipper"]
+    trainer, shipper = spec["containers"]
+    assert trainer["image"] == IMAGE and trainer["command"][0] == "/bin/sh"
+    assert env(pod)["NCCL_DEBUG"] == "INFO" and env(pod)["LLMTRAIN_STORAGE"] == "/storage"
+    assert trainer["envFrom"] == [{"configMapRef": {"name": "nccl"}}]
     assert [m["name"] for m in trainer["volumeMounts"]] == ["storage", "dshm", "config", "cache"]
-    assert [v["name"] for v in spec["volumes"]] == ["storage", "dshm", "config", "cache"]
+    assert shipper["env"] == [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    ]
+    assert [v["name"] for v in spec["volumes"]] == ["storage", "dshm", "config", "cache", "certs"]
+    assert spec["volumes"][4] == {"name": "certs", "secret": {"secretName": "ca"}}
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["runtimeClassName"] == "nvidia"
+    for c in [*spec["containers"], *spec["initContainers"]]:  # sidecars too: restricted
+        assert c["securityContext"] == resources.CONTAINER_SECURITY, c["name"]
+    assert spec["serviceAccountName"] == "default" and spec["automountServiceAccountToken"] is False
 
 
-def test_deep_merge_rules() -> None:
-    base = {"a": {"b": 1, "c": [1, 2]}, "l": [{"name": "x", "v": 1}], "d": 1}
-    over = {"a": {"c": [3]}, "l": [{"name": "x", "w": 2}, {"name": "y"}], "d": None}
-    assert resources.deep_merge(base, over) == {
-        "a": {"b": 1, "c": [3]}, "l": [{"name": "x", "v": 1, "w": 2}, {"name": "y"}]}
-    assert base["l"] == [{"name": "x", "v": 1}]  # inputs are not mutated
+def test_a_pod_template_without_metadata_keeps_the_owner_reference() -> None:
+    """The old merge shared the metadata dict, so popping ownerReferences emptied it and
+    the job's pods outlived the job."""
+    job = make(
+        resources={
+            **BASE["spec"]["resources"],
+            "podTemplate": {"spec": {"runtimeClassName": "nvidia"}},
+        }
+    )
+    pod = resources.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
+    assert pod["metadata"]["ownerReferences"] == [resources.owner_reference(job)]
+
+
+@pytest.mark.parametrize(
+    "spec, path",
+    [
+        ({"hostPID": True}, "spec.hostPID"),
+        ({"hostNetwork": True}, "spec.hostNetwork"),
+        ({"serviceAccountName": "admin"}, "spec.serviceAccountName"),
+        ({"automountServiceAccountToken": True}, "spec.automountServiceAccountToken"),
+        ({"securityContext": {"runAsUser": 0}}, "spec.securityContext"),
+        ({"nodeName": "gpu-1"}, "spec.nodeName"),
+        ({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}, "spec.volumes[0].hostPath"),
+        (
+            {"containers": [{"name": "x", "image": "i", "securityContext": {"privileged": True}}]},
+            "spec.containers[0].securityContext",
+        ),
+        (
+            {
+                "containers": [
+                    {"name": "x", "image": "i", "ports": [{"containerPort": 80, "hostPort": 80}]}
+                ]
+            },
+            "spec.containers[0].ports[0].hostPort",
+        ),
+        (
+            {
+                "volumes": [
+                    {
+                        "name": "t",
+                        "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]},
+                    }
+                ]
+            },
+            "spec.volumes[0].projected.sources[0].serviceAccountToken",
+        ),
+        ({"containers": [{"name": "trainer", "image": "evil"}]}, "spec.containers[0]"),
+        ({"containers": [{"name": "x"}]}, "spec.containers[0].image"),
+        ({"volumes": [{"name": "storage", "emptyDir": {}}]}, "spec.volumes[0].name"),
+        ({"volumes": [{"name": "v", "emptyDir": {}, "secret": {}}]}, "spec.volumes[0]"),
+        (
+            {
+                "containers": [
+                    {"name": "trainer", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}
+                ]
+            },
+            "spec.containers[0].volumeMounts[0].name",
+        ),
+        ({"initContainers": [{"name": "trainer"}]}, "spec.initContainers[0].name"),
+    ],
+)
+def test_pod_template_refuses_what_a_job_must_not_set(spec: dict[str, Any], path: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["resources"]["podTemplate"] = {"spec": spec}
+    problems = [p.path for p in api.validate_job(doc)]
+    assert f"spec.resources.podTemplate.{path}" in problems, problems
 
 
 # ---- golden files ------------------------------------------------------------------------
@@ -331,12 +486,52 @@ def test_golden(case: str) -> None:
 def test_render_prints_the_first_stage(root: Path) -> None:
     from tests.conftest import run_cli
 
-    r = run_cli("render", str(root / "examples" / "quickstart.yaml"),
-                LLMTRAIN_TRAINER_IMAGE=IMAGE)
+    example = str(root / "examples" / "pipeline-pretrain-sft-dpo.yaml")
+    r = run_cli(
+        "render",
+        example,
+        "--network-policy",
+        LLMTRAIN_TRAINER_IMAGE=IMAGE,
+        LLMTRAIN_METRICS_FROM='[{"podSelector": {"matchLabels": {"app": "prom"}}}]',
+    )
     assert r.returncode == 0, r.stderr
     docs = list(yaml.safe_load_all(r.stdout))
-    assert [d["kind"] for d in docs] == ["ConfigMap", "Service", "Pod"]
-    assert docs[2]["metadata"]["name"] == "quickstart-pretrain-a1-0"
-    assert docs[2]["spec"]["containers"][0]["image"] == IMAGE
-    bad = run_cli("render", str(root / "examples" / "quickstart.yaml"), "--stage", "nope")
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Service", "NetworkPolicy", *["Pod"] * 4]
+    assert docs[3]["metadata"]["name"] == "domain-assistant-pretrain-a1-0"
+    assert docs[3]["spec"]["containers"][0]["image"] == IMAGE
+    bad = run_cli("render", example, "--stage", "nope")
     assert bad.returncode == 1 and "no stage 'nope'" in bad.stderr
+
+
+def test_render_refuses_what_the_operator_would_refuse(root: Path) -> None:
+    """The quickstart is a local job: relative paths, no shared storage."""
+    from tests.conftest import run_cli
+
+    r = run_cli("render", str(root / "examples" / "quickstart.yaml"))
+    assert r.returncode == 1
+    assert "spec.storage: no storage that outlives the pods" in r.stderr
+    assert "spec.stages[0].dataset.source: relative path 'quickstart/corpus.txt'" in r.stderr
+
+
+def test_network_policy_admits_only_the_job_and_the_metrics_readers() -> None:
+    prom = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    defaults = dataclasses.replace(DEFAULTS, network_policy=True, metrics_from=(prom,))
+    objs = resources.build_stage_objects(make(), "sft", 2, defaults)
+    policy = next(o for o in objs if o["kind"] == "NetworkPolicy")
+    assert policy["metadata"]["name"] == "chat-sft-a2"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {
+            "llmtrain.io/job": "chat",
+            "llmtrain.io/stage": "sft",
+            "llmtrain.io/attempt": "2",
+        }
+    }
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": {"llmtrain.io/job": "chat"}}}]},
+        {"from": [prom], "ports": [{"port": 9500, "protocol": "TCP"}]},  # the job's own port
+    ]
+    assert not any(
+        o["kind"] == "NetworkPolicy"
+        for o in resources.build_stage_objects(make(), "sft", 2, DEFAULTS)
+    )

@@ -17,15 +17,20 @@ from hypothesis import strategies as hs
 
 from llmtrain.operator import api, state
 from llmtrain.operator.api import Phase
-from llmtrain.operator.state import PodView, Scrape
+from llmtrain.operator.state import PodView, Policy, Scrape
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 DOC: dict[str, Any] = {
     "apiVersion": "llmtrain.io/v1alpha1",
     "kind": "LLMTrainingJob",
-    "metadata": {"name": "j", "namespace": "ns", "uid": "u1", "generation": 1,
-                 "creationTimestamp": "2026-01-01T00:00:00Z"},
+    "metadata": {
+        "name": "j",
+        "namespace": "ns",
+        "uid": "u1",
+        "generation": 1,
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    },
     "spec": {
         "model": {"source": "org/base"},
         "stages": [
@@ -48,6 +53,8 @@ class World:
     now: datetime = T0
     last: state.Decision | None = None
     seen: list[PodView] = field(default_factory=list)  # the pods the last pass looked at
+    # No retry backoff unless a test asks for one; a short start-up grace for scrapes.
+    policy: Policy = field(default_factory=lambda: Policy(retry_backoff=0, scrape_grace=5))
 
     def job(self) -> api.LLMTrainingJob:
         doc = copy.deepcopy(DOC)
@@ -60,7 +67,7 @@ class World:
         """One pass, then apply it as the operator and the cluster would."""
         self.now += timedelta(seconds=seconds)
         self.seen = list(self.pods.values())
-        d = state.decide(self.job(), self.seen, self.now, scrape)
+        d = state.decide(self.job(), self.seen, self.now, scrape, self.policy)
         self.status, self.last = d.status, d
         for name in d.delete_pods:
             del self.pods[name]  # kwok deletes at once
@@ -68,7 +75,9 @@ class World:
             stage, attempt = d.ensure
             for rank in range(self.job().spec.resources.workers):
                 name = f"j-{stage}-a{attempt}-{rank}"
-                self.pods.setdefault(name, PodView(name, stage, attempt, rank, ip="127.0.0.5"))
+                self.pods.setdefault(
+                    name, PodView(name, stage, attempt, rank, ip="127.0.0.5", owner_uid="u1")
+                )
         return d
 
     def set(self, rank: int, phase: str, **kw: Any) -> None:
@@ -110,8 +119,16 @@ def test_first_pass_starts_attempt_one() -> None:
     assert st.phase == Phase.Pending and st.current_stage == "sft"
     assert [s.name for s in st.stages] == ["sft", "dpo"]
     assert (st.stages[0].attempt, st.stages[0].phase) == (1, Phase.Pending)
-    assert st.start_time == "2026-01-01T00:00:01Z" and st.observed_generation == 1
-    assert w.cond(state.COND_CREATED) is not None
+    assert st.start_time is None and st.observed_generation == 1  # no pod exists yet
+    created = w.cond(state.COND_CREATED)
+    assert created is not None and created.message == "2 stage(s): sft, dpo"
+    assert (st.stage_summary, st.restarts, st.reason) == (
+        "sft (1/2)",
+        0,
+        state.REASON_STAGE_STARTED,
+    )
+    w.step()  # the pods exist: the clock of activeDeadlineSeconds starts
+    assert w.status is not None and w.status.start_time == "2026-01-01T00:00:02Z"
 
 
 def test_pending_initializing_running() -> None:
@@ -164,6 +181,8 @@ def test_stage_success_starts_next_stage_from_its_output() -> None:
         (dict(phase="Failed", disruption="PreemptionByScheduler"), state.REASON_PREEMPTED),
         (dict(deleting=True), state.REASON_DELETED),
         (dict(phase="Failed"), state.REASON_POD_FAILED),
+        (dict(phase="Failed", exit_code=75), state.REASON_POD_FAILED),  # ExitCode.RETRYABLE
+        (dict(phase="Failed", exit_code=1), state.REASON_POD_FAILED),  # unknown: transient
     ],
 )
 def test_retryable_failure_restarts_the_gang(pod: dict[str, Any], reason: str) -> None:
@@ -175,8 +194,9 @@ def test_retryable_failure_restarts_the_gang(pod: dict[str, Any], reason: str) -
     assert w.status is not None and w.status.phase == Phase.Restarting
     assert d.restarts == [reason]
     assert d.delete_attempts == [("sft", 1)]
-    assert set(d.delete_pods) == {"j-sft-a1-0", "j-sft-a1-1"} - ({"j-sft-a1-1"} if pod.get(
-        "deleting") else set())
+    assert set(d.delete_pods) == {"j-sft-a1-0", "j-sft-a1-1"} - (
+        {"j-sft-a1-1"} if pod.get("deleting") else set()
+    )
     w.pods.clear()  # the old gang is gone
     d = w.step()
     assert (w.cur().attempt, w.cur().phase) == (2, Phase.Pending) and d.ensure == ("sft", 2)
@@ -200,23 +220,78 @@ def test_restart_waits_for_the_old_gang_to_terminate() -> None:
     w = running()
     w.set(1, "Failed", exit_code=137)
     w.step()
-    w.pods["j-sft-a1-0"] = replace(w.pods.get("j-sft-a1-0") or PodView(
-        "j-sft-a1-0", "sft", 1, 0), deleting=True, phase="Running")
+    w.pods["j-sft-a1-0"] = replace(
+        w.pods.get("j-sft-a1-0") or PodView("j-sft-a1-0", "sft", 1, 0, owner_uid="u1"),
+        deleting=True,
+        phase="Running",
+    )
     d = w.step()
     assert w.cur().phase == Phase.Restarting and d.ensure is None and d.delete_pods == []
 
 
 def test_permanent_exit_code_fails_the_job() -> None:
     w = running()
-    w.set(0, "Failed", exit_code=1)
+    w.set(0, "Failed", exit_code=2)  # ExitCode.PERMANENT: bad data, config or template
     d = w.step()
     st = w.status
     assert st is not None and st.phase == Phase.Failed and w.cur().phase == Phase.Failed
     failed = w.cond(state.COND_FAILED)
     assert failed is not None and failed.reason == state.REASON_PERMANENT
-    assert "exited with code 1" in failed.message
+    assert "exited with code 2" in failed.message
     assert d.delete_pods == ["j-sft-a1-1"]  # the failed rank 0 stays for its logs
     assert d.restarts == []
+    # Every condition says how the job ended, not what an earlier stage did.
+    running_cond = w.cond(state.COND_RUNNING)
+    assert running_cond is not None and running_cond.status == "False"
+    assert running_cond.reason == state.REASON_PERMANENT and st.reason == state.REASON_PERMANENT
+
+
+def test_the_pod_that_failed_first_is_kept_with_rank_0() -> None:
+    w = running()
+    w.set(1, "Failed", exit_code=2, finished_at="2026-01-01T00:00:03Z")
+    d = w.step()
+    assert w.status is not None and w.status.phase == Phase.Failed
+    assert d.delete_pods == ["j-sft-a1-0"]  # still running: its GPUs go back
+    assert sorted(w.pods) == ["j-sft-a1-1"] and w.step(3600).delete_pods == []
+    # Both terminated: both stay for their logs (until ttlSecondsAfterFinished).
+    w = running()
+    w.set(1, "Failed", exit_code=2, finished_at="2026-01-01T00:00:03Z")
+    w.set(0, "Failed", exit_code=2, finished_at="2026-01-01T00:00:09Z")
+    assert w.step().delete_pods == [] and sorted(w.pods) == ["j-sft-a1-0", "j-sft-a1-1"]
+
+
+def test_the_gang_is_judged_by_its_most_retryable_failure() -> None:
+    """A head OOM-killed takes the workers down; a worker's exit must not make it final."""
+    w = running()
+    w.set(0, "Failed", exit_code=137, reason="OOMKilled")
+    w.set(1, "Failed", exit_code=2)
+    d = w.step()
+    assert w.cur().phase == Phase.Restarting and d.restarts == [state.REASON_POD_FAILED]
+
+
+def test_retries_back_off_exponentially_and_say_when() -> None:
+    w = running(
+        World(
+            spec={"runPolicy": {"backoffLimit": 5}},
+            policy=Policy(retry_backoff=10, retry_backoff_max=15),
+        )
+    )
+    for n, wait in ((1, 10), (2, 15)):  # 10 s, then 20 s capped at 15
+        w.set(1, "Failed", exit_code=137)
+        w.step()
+        failed_at = w.now
+        cur = w.cur()
+        assert cur.retry_after == state.fmt_time(failed_at + timedelta(seconds=wait))
+        restarting = w.cond(state.COND_RESTARTING)
+        assert restarting is not None and f"at {cur.retry_after} (backoff {wait}s)" in (
+            restarting.message
+        )
+        w.pods.clear()
+        assert w.step().ensure is None  # the gang is gone, but the backoff is not over
+        d = w.step(wait - 1)
+        assert d.ensure == ("sft", n + 1) and w.cur().retry_after is None
+        running(w)
+    assert w.status is not None and (w.status.restarts, w.status.stage_summary) == (2, "sft (1/2)")
 
 
 def test_backoff_limit_is_per_stage_and_survives_in_status() -> None:
@@ -235,10 +310,16 @@ def test_backoff_limit_is_per_stage_and_survives_in_status() -> None:
 
 def test_progress_is_copied_and_stall_restarts() -> None:
     w = running()
-    values = {"llmtrain_train_step": 10.0, "llmtrain_train_total_steps": 400.0,
-              "llmtrain_train_loss": 1.234567891, "llmtrain_tokens_per_second": 1500.0,
-              "llmtrain_eta_seconds": 3600.0, "llmtrain_checkpoint_step": 5.0,
-              "llmtrain_learning_rate": 2e-5, "llmtrain_eval_loss": float("nan")}
+    values = {
+        "llmtrain_train_step": 10.0,
+        "llmtrain_train_total_steps": 400.0,
+        "llmtrain_train_loss": 1.234567891,
+        "llmtrain_tokens_per_second": 1500.0,
+        "llmtrain_eta_seconds": 3600.0,
+        "llmtrain_checkpoint_step": 5.0,
+        "llmtrain_learning_rate": 2e-5,
+        "llmtrain_eval_loss": float("nan"),
+    }
     w.step(scrape=Scrape("sft", 1, values))
     st, cur = w.status, w.cur()
     assert st is not None and st.progress == "10/400" and st.loss == 1.23457
@@ -252,8 +333,59 @@ def test_progress_is_copied_and_stall_restarts() -> None:
     assert w.cur().phase == Phase.Running
     w.step(1, scrape=Scrape("dpo", 1, {"llmtrain_train_step": 99.0}))  # not ours: ignored
     assert w.cur().progress.step == 10
-    d = w.step(30)
+    assert w.step(30).restarts == []  # without a reading, nobody can say it stalled
+    d = w.step(1, scrape=Scrape("sft", 1, values))
     assert w.cur().phase == Phase.Restarting and d.restarts == [state.REASON_STALLED]
+
+
+def test_an_unreadable_driver_is_progress_unknown_not_a_stall() -> None:
+    w = running()  # stallTimeoutSeconds 60, scrape grace 5 s
+    refused = Scrape("sft", 1, None, "connection refused")
+    assert w.step(1, scrape=refused).events == []  # still starting up: within the grace
+    assert w.cond(state.COND_PROGRESS_UNKNOWN) is None
+    d = w.step(10, scrape=refused)
+    unknown = w.cond(state.COND_PROGRESS_UNKNOWN)
+    assert unknown is not None and unknown.status == "True"
+    assert unknown.reason == state.REASON_SCRAPE_FAILED and "connection refused" in unknown.message
+    assert [e.reason for e in d.events] == [state.REASON_SCRAPE_FAILED]
+    for _ in range(5):  # far past the stall timeout: the healthy gang keeps running
+        d = w.step(60, scrape=refused)
+        assert d.events == [] and d.restarts == [] and w.cur().phase == Phase.Running
+    w.step(1, scrape=Scrape("sft", 1, {"llmtrain_train_step": 3.0}))
+    unknown = w.cond(state.COND_PROGRESS_UNKNOWN)
+    assert unknown is not None and unknown.status == "False" and w.cur().progress.step == 3
+
+
+def test_pods_that_cannot_start_say_why_once_per_reason() -> None:
+    w = World()
+    w.step()
+    unbound = (
+        "Unschedulable",
+        "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+    )
+    w.pods["j-sft-a1-1"] = replace(w.pods["j-sft-a1-1"], waiting=unbound)
+    d = w.step()
+    c = w.cond(state.COND_PODS_PENDING)
+    assert c is not None and (c.status, c.reason) == ("True", "Unschedulable")
+    assert c.message == f"stage sft attempt 1: pod j-sft-a1-1: {unbound[1]}"
+    assert [e.reason for e in d.events] == ["Unschedulable"]
+    assert w.step().events == []  # same reason: no new event
+    w.pods["j-sft-a1-1"] = replace(w.pods["j-sft-a1-1"], waiting=("ErrImagePull", "trainer: x"))
+    assert [e.reason for e in w.step().events] == ["ErrImagePull"]
+    w.run_all()
+    w.pods["j-sft-a1-1"] = replace(w.pods["j-sft-a1-1"], waiting=None)
+    w.step()
+    c = w.cond(state.COND_PODS_PENDING)
+    assert c is not None and c.status == "False" and w.status.phase == Phase.Running
+
+
+def test_pods_of_another_owner_are_never_adopted() -> None:
+    w = running()
+    orphan = PodView("j-sft-a1-0", "sft", 1, 0, "Failed", 2, owner_uid="old-uid")
+    d = state.decide(w.job(), [orphan, w.pods["j-sft-a1-1"]], w.now, policy=w.policy)
+    assert d.status.phase != Phase.Failed  # its exit 2 is not ours
+    # Our rank 0 is gone: a restart, which removes our rank 1 but never the orphan.
+    assert d.restarts == [state.REASON_DELETED] and d.delete_pods == ["j-sft-a1-1"]
 
 
 def test_deadline_fails_and_removes_pods() -> None:
@@ -309,27 +441,75 @@ def test_invalid_spec_is_a_failed_status() -> None:
 def test_pods_ahead_of_the_status_are_never_deleted() -> None:
     w = running()
     stale = w.job()
-    w.pods["j-sft-a2-0"] = PodView("j-sft-a2-0", "sft", 2, 0)
-    w.pods["j-dpo-a1-0"] = PodView("j-dpo-a1-0", "dpo", 1, 0)
-    w.pods["j-old-a1-0"] = PodView("j-old-a1-0", "old", 1, 0)  # a stage no longer in the spec
+    w.pods["j-sft-a2-0"] = PodView("j-sft-a2-0", "sft", 2, 0, owner_uid="u1")
+    w.pods["j-dpo-a1-0"] = PodView("j-dpo-a1-0", "dpo", 1, 0, owner_uid="u1")
+    # A stage no longer in the spec.
+    w.pods["j-old-a1-0"] = PodView("j-old-a1-0", "old", 1, 0, owner_uid="u1")
     d = state.decide(stale, list(w.pods.values()), w.now)
     assert d.delete_pods == ["j-old-a1-0"]
 
 
 def test_from_pod_reads_labels_exit_code_and_disruption() -> None:
     pod = {
-        "metadata": {"name": "p", "labels": {"llmtrain.io/stage": "s", "llmtrain.io/attempt": "3",
-                                              "llmtrain.io/rank": "1"},
-                     "deletionTimestamp": "2026-01-01T00:00:00Z"},
-        "status": {"phase": "Failed", "podIP": "127.100.0.4",
-                   "containerStatuses": [{"name": "trainer", "state": {
-                       "terminated": {"exitCode": 137, "reason": "OOMKilled"}}}],
-                   "conditions": [{"type": "DisruptionTarget", "status": "True",
-                                   "reason": "EvictionByEvictionAPI"}]},
+        "metadata": {
+            "name": "p",
+            "labels": {
+                "llmtrain.io/stage": "s",
+                "llmtrain.io/attempt": "3",
+                "llmtrain.io/rank": "1",
+            },
+            "deletionTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "status": {
+            "phase": "Failed",
+            "podIP": "127.100.0.4",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ],
+            "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+            ],
+        },
     }
     v = PodView.from_pod(pod)
-    assert v == PodView("p", "s", 3, 1, "Failed", 137, "OOMKilled", "EvictionByEvictionAPI",
-                        True, "127.100.0.4")
+    assert v == PodView(
+        "p", "s", 3, 1, "Failed", 137, "OOMKilled", "EvictionByEvictionAPI", True, "127.100.0.4"
+    )
+    pending = {
+        "metadata": {
+            "name": "q",
+            "labels": {
+                "llmtrain.io/stage": "s",
+                "llmtrain.io/attempt": "1",
+                "llmtrain.io/rank": "0",
+            },
+            "ownerReferences": [{"uid": "u1", "controller": True}],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available",
+                }
+            ],
+        },
+    }
+    q = PodView.from_pod(pending)
+    assert q is not None and q.owner_uid == "u1"
+    assert q.waiting == ("Unschedulable", "0/3 nodes are available")
+    pending["status"] = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+        ],
+    }
+    assert PodView.from_pod(pending).waiting is None  # type: ignore[union-attr]  # on its way
     assert state.classify(v).reason == state.REASON_EVICTED
     assert PodView.from_pod({"metadata": {"name": "x", "labels": {}}}) is None
 
@@ -338,8 +518,20 @@ def test_from_pod_reads_labels_exit_code_and_disruption() -> None:
 
 EVENTS = hs.lists(
     hs.tuples(
-        hs.sampled_from(["run", "succeed0", "fail0", "fail1", "oom1", "delete1", "tick",
-                         "suspend", "resume", "gone"]),
+        hs.sampled_from(
+            [
+                "run",
+                "succeed0",
+                "fail0",
+                "fail1",
+                "oom1",
+                "delete1",
+                "tick",
+                "suspend",
+                "resume",
+                "gone",
+            ]
+        ),
         hs.integers(1, 120),
     ),
     max_size=25,
@@ -389,7 +581,7 @@ def test_invariants_hold_under_any_history(events: list[tuple[str, int]]) -> Non
             assert s.attempt >= seen.get(s.name, 0)
             assert s.restarts <= 2
             seen[s.name] = s.attempt
-        again = state.decide(w.job(), w.seen, w.now)
+        again = state.decide(w.job(), w.seen, w.now, policy=w.policy)
         assert again.status == after
         assert w.last is not None and again.ensure == w.last.ensure
         assert set(again.delete_pods) == set(w.last.delete_pods)
