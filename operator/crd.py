@@ -160,6 +160,8 @@ def crd() -> JSON:
                                     "properties": {
                                         "name": {
                                             "type": "string",
+                                            "description": "Job name: part of every pod "
+                                            "name, so a short DNS label.",
                                             "maxLength": api.NAME_MAX,
                                             "pattern": api.DNS_LABEL,
                                         }

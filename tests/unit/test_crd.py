@@ -64,10 +64,13 @@ def test_preserve_unknown_fields_only_where_free_form() -> None:
                 "emptyDir",
                 "ephemeral",
                 "persistentVolumeClaim",
-                "projected",
-                "secret",
             )
         ),
+        *(
+            f"{volumes}.projected.sources[].{s}"
+            for s in ("clusterTrustBundle", "configMap", "downwardAPI", "secret")
+        ),
+        f"{volumes}.secret",
     ]
 
 
