@@ -375,6 +375,7 @@ def test_admission_policy_holds_only_the_operator_to_safe_pods() -> None:
     assert spec["failurePolicy"] == "Fail"
     (rule,) = spec["matchConstraints"]["resourceRules"]
     assert rule["resources"] == ["pods", "pods/ephemeralcontainers"]
+    assert rule["apiVersions"] == ["v1"]  # a version, not "*": the apiserver type-checks then
     assert set(rule["operations"]) == {"CREATE", "UPDATE"}
     (match,) = spec["matchConditions"]
     assert match["expression"] == (

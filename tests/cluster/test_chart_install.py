@@ -46,7 +46,8 @@ def _exists(cluster: Any, obj: dict[str, Any], default_ns: str) -> bool:
 
 
 _CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "Namespace",
-                  "CustomResourceDefinition"}
+                  "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                  "ValidatingAdmissionPolicyBinding"}
 
 
 def can_i(cluster: Any, sa: str, verb: str, resource: str, namespace: str | None) -> bool:
@@ -83,7 +84,8 @@ def test_install_defaults_every_object_is_accepted(cluster: Any, monitoring_crds
     objects = manifest(cluster, release, ns)
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap",
-            "ClusterRole", "ClusterKopfPeering", "ServiceAccount", "Service"} <= kinds
+            "ClusterRole", "ClusterKopfPeering", "ServiceAccount", "Service", "NetworkPolicy",
+            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
     missing = [f"{o['kind']}/{o['metadata']['name']}" for o in objects
                if not _exists(cluster, o, ns)]
     assert missing == []
@@ -113,17 +115,28 @@ def test_install_defaults_every_object_is_accepted(cluster: Any, monitoring_crds
                            ("create", "events.events.k8s.io"),
                            ("patch", "clusterkopfpeerings.kopf.dev"),
                            ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-                           ("watch", "namespaces")]:
+                           ("watch", "namespaces"),
+                           ("create", "networkpolicies.networking.k8s.io"),
+                           ("delete", "networkpolicies.networking.k8s.io")]:
         assert can_i(cluster, sa, verb, resource, None), (verb, resource)
+    # PATCH only, never PUT; pods are never changed; nothing beyond the lifecycle.
     for verb, resource in [("get", "secrets"), ("create", "llmtrainingjobs.llmtrain.io"),
                            ("create", "deployments.apps"), ("update", "pods"),
+                           ("patch", "pods"), ("update", "llmtrainingjobs.llmtrain.io"),
+                           ("update", "llmtrainingjobs.llmtrain.io/status"),
+                           ("update", "llmtrainingjobs.llmtrain.io/finalizers"),
+                           ("update", "networkpolicies.networking.k8s.io"),
                            ("create", "customresourcedefinitions.apiextensions.k8s.io")]:
         assert not can_i(cluster, sa, verb, resource, None), (verb, resource)
 
-    worker = f"system:serviceaccount:{ns}:{release}-llmtrain-worker"
+    # Job pods run as each namespace's `default`, which the chart binds to nothing.
+    assert not [o for o in objects if o["kind"] == "ServiceAccount"
+                and o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"]
+    job_ns = _ns(cluster, "lt-jobs")
+    worker = f"system:serviceaccount:{job_ns}:default"
     for verb, resource in [("get", "pods"), ("list", "llmtrainingjobs.llmtrain.io"),
                            ("get", "configmaps"), ("get", "secrets")]:
-        assert not can_i(cluster, worker, verb, resource, ns), (verb, resource)
+        assert not can_i(cluster, worker, verb, resource, job_ns), (verb, resource)
 
     # Aggregation: the built-in edit/view roles now cover LLMTrainingJobs.
     user_ns = _ns(cluster, "lt-user")
@@ -136,8 +149,12 @@ def test_install_defaults_every_object_is_accepted(cluster: Any, monitoring_crds
     assert can_i(cluster, "bob", "list", "llmtrainingjobs.llmtrain.io", user_ns)
     assert not can_i(cluster, "bob", "create", "llmtrainingjobs.llmtrain.io", user_ns)
 
-    cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=120)
+    cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=180)
     assert not cluster.kubectl("get", "clusterrole", f"{dep}", check=False)
+    # The post-delete hook ran (kwok completes Job pods) and was deleted with its RBAC.
+    assert not cluster.kubectl("get", "clusterrole", f"{release}-llmtrain-cleanup", check=False)
+    assert not cluster.kubectl("get", "jobs,serviceaccounts", "-n", ns, "-o", "name", "-l",
+                               "app.kubernetes.io/component=cleanup").strip()
 
 
 def test_install_namespaced_mode(cluster: Any, monitoring_crds: None) -> None:
@@ -151,8 +168,12 @@ def test_install_namespaced_mode(cluster: Any, monitoring_crds: None) -> None:
     missing = [f"{o['kind']}/{o['metadata'].get('namespace')}/{o['metadata']['name']}"
                for o in objects if not _exists(cluster, o, ns)]
     assert missing == []
-    assert {o["metadata"]["namespace"] for o in objects if o["kind"] == "NetworkPolicy"} == {
-        team_a, team_b, ns}
+    # Jobs' NetworkPolicies come from the operator; the chart polices only its own pods.
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] == "NetworkPolicy"} == {ns}
+    # The worker ServiceAccount the scenario asks the chart for, in each watched namespace.
+    workers = [o for o in objects if o["kind"] == "ServiceAccount"
+               and o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"]
+    assert sorted(w["metadata"]["namespace"] for w in workers) == sorted([team_a, team_b])
     sa = f"system:serviceaccount:{ns}:{release}-llmtrain-operator"
     for team in (team_a, team_b):
         assert can_i(cluster, sa, "create", "pods", team)
@@ -164,15 +185,22 @@ def test_install_namespaced_mode(cluster: Any, monitoring_crds: None) -> None:
     assert can_i(cluster, sa, "list", "customresourcedefinitions.apiextensions.k8s.io", None)
     cluster.wait_for("3 operator pods", lambda: len(_operator_pods(cluster, ns, release)) == 3,
                      timeout=60)
-    cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=120)
+    cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=180)
+    # The hook's Roles lived in the watched namespaces, and went with it.
+    for team in (team_a, team_b):
+        assert not cluster.kubectl("get", "roles,rolebindings", "-n", team, "-o", "name",
+                                   "-l", "app.kubernetes.io/component=cleanup").strip()
 
 
-def test_install_monitoring_off(cluster: Any) -> None:
-    """Works on a cluster without the prometheus-operator CRDs: nothing needs them."""
+@pytest.mark.parametrize("scenario", ["monitoring-off-values.yaml", "minimal-values.yaml"])
+def test_install_without_optional_parts(cluster: Any, scenario: str) -> None:
+    """Nothing needs the prometheus-operator CRDs with monitoring off, and the chart still
+    installs with every optional part off (a bare cluster's install with the defaults is
+    tests/cluster/test_chart_first_install.py)."""
     ns, release = _ns(cluster, "lt-sys"), _release()
-    rendered = render("monitoring-off-values.yaml")
+    rendered = render(scenario)
     assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & {d["kind"] for d in rendered}
-    install(cluster, release, ns, "monitoring-off-values.yaml")
+    install(cluster, release, ns, scenario)
     objects = manifest(cluster, release, ns)
     assert [o for o in objects if not _exists(cluster, o, ns)] == []
-    cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=120)
+    cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=180)
