@@ -7,7 +7,9 @@ so `llmtrain operator` runs here as a subprocess with the Deployment's own argum
 environment, authenticated with a token of the chart's operator ServiceAccount. It takes a
 job through its life: pods created, a retryable failure (exit 137) and a restart, a driver
 that reports progress, success, and deletion after ttlSecondsAfterFinished. Nothing may be
-forbidden along the way.
+forbidden along the way: not by the chart's RBAC, and not by its admission policy, which
+holds every pod the operator creates to the job-pod rules. With the chart's default
+`networkPolicy.enabled` the operator isolates each attempt with a NetworkPolicy.
 
 kwok gives pods IPs in 127.100.0.0/16; on Linux all of 127/8 is loopback, so the driver for
 the head pod serves /metrics on the pod's own IP, where both the operator (progress) and
@@ -50,11 +52,18 @@ STAND_IN = REPO / "tests" / "monitoring" / "contract_exporter.py"
 FORBIDDEN = re.compile(r"[Ff]orbidden|\(403\)")
 
 
-def _job(name: str) -> dict[str, Any]:
+def _job(name: str, claim: str | None) -> dict[str, Any]:
+    """The quickstart's pretrain stage as its header says to run it on a cluster: absolute
+    paths into storage that outlives the pods (`claim`, else the chart's jobDefaults.pvc)."""
     doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     doc["metadata"] = {"name": name}
-    doc["spec"]["stages"] = doc["spec"]["stages"][:1]  # pretrain
-    doc["spec"]["runPolicy"] = {"backoffLimit": 2, "ttlSecondsAfterFinished": 8}
+    spec = doc["spec"]
+    spec["stages"] = spec["stages"][:1]  # pretrain
+    spec["stages"][0]["dataset"]["source"] = "/storage/quickstart/corpus.txt"
+    spec["model"]["tokenizer"]["source"] = "/storage/quickstart/tokenizer"
+    spec["runPolicy"] = {"backoffLimit": 2, "ttlSecondsAfterFinished": 8}
+    if claim:
+        spec["storage"] = {"pvc": {"claimName": claim}}
     return doc
 
 
@@ -136,6 +145,29 @@ class Operator:
                 self.proc.wait(5)
 
 
+def _check_network_policy(cluster: Any, ns: str, job: str, head: dict[str, Any],
+                          env: dict[str, Any], metrics_port: int) -> None:
+    """The operator isolated the attempt: a NetworkPolicy owned by the job, selecting its
+    pods, admitting the job's own pods, and on the metrics port only the chart's peers."""
+    assert env["LLMTRAIN_NETWORK_POLICY"] == "true"
+    peers = json.loads(env["LLMTRAIN_METRICS_FROM"])
+    items = json.loads(cluster.kubectl("get", "networkpolicies", "-n", ns, "-o", "json"))["items"]
+    labels = head["metadata"]["labels"]
+    mine = [p for p in items
+            if {o["kind"] for o in p["metadata"].get("ownerReferences", [])} == {"LLMTrainingJob"}
+            and p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
+            and p["spec"]["podSelector"].get("matchLabels", {}).get("llmtrain.io/job") == job]
+    assert len(mine) == 1, items
+    ingress = mine[0]["spec"]["ingress"]
+    same_job = [r for r in ingress if not r.get("ports") and any(
+        f.get("podSelector", {}).get("matchLabels", {}).get("llmtrain.io/job") == job
+        and "namespaceSelector" not in f for f in r.get("from", []))]
+    assert same_job, ingress
+    metrics = [r for r in ingress if r.get("ports")]
+    assert metrics and all([p["port"] for p in r["ports"]] == [metrics_port] for r in metrics)
+    assert [f for r in metrics for f in r["from"]] == peers
+
+
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -159,12 +191,15 @@ def test_operator_lifecycle_under_chart_rbac(
     cluster.create_namespace(sys_ns)
     cluster.create_namespace(job_ns)
     if mode == "all-namespaces":  # a ClusterRole, ClusterKopfPeering
+        # Job pods run as the namespace's `default`: the job namespace needs nothing from
+        # the chart. The job names its own claim (a static PV, bound).
+        claim = "job-claim"
+        _bound_claim(cluster, job_ns, claim, f"lt-pv-{suffix}")
         install(cluster, release, sys_ns, "defaults-values.yaml",
-                f"operator.peering.name=p-{release}", "operator.replicas=1",
-                # the chart puts the worker ServiceAccount where jobs run
-                f"jobNamespaces={{{job_ns}}}")
-    else:  # a Role in the watched namespace, KopfPeering there, NetworkPolicies on
+                f"operator.peering.name=p-{release}", "operator.replicas=1")
+    else:  # a Role in the watched namespace, KopfPeering there, a chart-made worker SA
         # The values' jobDefaults.pvc: jobs without storage mount it (a static PV, bound).
+        claim = None
         _bound_claim(cluster, job_ns, "llm-checkpoints", f"lt-pv-{suffix}")
         install(cluster, release, sys_ns, "namespaced-values.yaml",
                 f"watch.namespaces={{{job_ns}}}", "operator.replicas=1",
@@ -195,7 +230,7 @@ def test_operator_lifecycle_under_chart_rbac(
         start = time.time()
         prom.wait_for_samples(f'up{{job="{scrape[0]["job_name"]}"}} == 1', timeout=60)
 
-        cluster.kubectl("apply", "-n", job_ns, "-f", "-", input=json.dumps(_job(job)))
+        cluster.kubectl("apply", "-n", job_ns, "-f", "-", input=json.dumps(_job(job, claim)))
         # Attempt 1: pods come up (kwok), then the head dies with a retryable code.
         cluster.wait_for("attempt 1 head running", lambda: _head(cluster, job_ns, job, 1),
                          timeout=90)
@@ -203,7 +238,13 @@ def test_operator_lifecycle_under_chart_rbac(
         assert head is not None
         claims = {v["persistentVolumeClaim"]["claimName"] for v in head["spec"]["volumes"]
                   if "persistentVolumeClaim" in v}
-        assert claims == ({"llm-checkpoints"} if mode == "namespaced" else set()), claims
+        assert claims == {claim or "llm-checkpoints"}, claims
+        # The worker ServiceAccount the chart passed on: `default`, or the one it made.
+        env = {e["name"]: e.get("value") for e in
+               deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert head["spec"]["serviceAccountName"] == (
+            env["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] or "default")
+        assert head["spec"]["automountServiceAccountToken"] is False
         cluster.set_pod_phase(job_ns, head["metadata"]["name"], "Failed", exit_code=137)
         # Attempt 2 gets a driver that trains and reports.
         cluster.wait_for("attempt 2 head running", lambda: _head(cluster, job_ns, job, 2),
@@ -211,6 +252,7 @@ def test_operator_lifecycle_under_chart_rbac(
         head = _head(cluster, job_ns, job, 2)
         assert head is not None
         head_ip["ip"] = head["status"]["podIP"]
+        _check_network_policy(cluster, job_ns, job, head, env, driver_port)
         driver = subprocess.Popen(
             [sys.executable, str(STAND_IN), "--host", head_ip["ip"], "--port", str(driver_port),
              "--namespace", job_ns, "--job", job, "--stage", "pretrain", "--steps", "30",
@@ -233,7 +275,9 @@ def test_operator_lifecycle_under_chart_rbac(
         cluster.wait_for("job Succeeded", lambda: _status(cluster, job_ns, job).get(
             "phase") == "Succeeded", timeout=60)
         prom.wait_for_samples(
-            f'llmtrain_jobs{{namespace="{job_ns}", phase="Succeeded"}} == 1', timeout=30)
+            f'llmtrain_operator_jobs{{namespace="{job_ns}", phase="Succeeded"}} == 1', timeout=30)
+        prom.wait_for_samples(f'llmtrain_operator_job_phase{{namespace="{job_ns}", job="{job}",'
+                              f' phase="Succeeded"}} == 1', timeout=30)
         # ttlSecondsAfterFinished: the operator deletes the job (its `delete` permission).
         cluster.wait_for("job deleted after its TTL", lambda: not cluster.kubectl(
             "get", "llmtj", job, "-n", job_ns, "--ignore-not-found", "-o", "name"), timeout=60)
@@ -245,11 +289,17 @@ def test_operator_lifecycle_under_chart_rbac(
         end = time.time()
 
         # Operator metrics as Prometheus scraped them from the real operator.
-        assert prom.query("sum(llmtrain_pods_created_total) >= 2")
-        assert prom.query('sum(llmtrain_reconciles_total{result="ok"}) > 0')
-        assert prom.query(
-            "llmtrain_stage_restarts_total", at=end), "no restart counted after exit 137"
-        assert prom.query('llmtrain_stage_duration_seconds_count{type="pretrain"} >= 1')
+        assert prom.query("sum(llmtrain_operator_pods_created_total) >= 2")
+        assert prom.query('sum(llmtrain_operator_reconciles_total{result="ok"}) > 0')
+        restarts = prom.query_range("llmtrain_operator_stage_restarts_total", start, end)
+        assert {(r["metric"]["namespace"], r["metric"]["job"]) for r in restarts} == {
+            (job_ns, job)}, "no restart counted after exit 137"
+        assert prom.query('llmtrain_operator_stage_duration_seconds_count{type="pretrain"} >= 1')
+        assert prom.query("process_resident_memory_bytes")
+        # The job is deleted: its per-job series are gone from the operator's /metrics.
+        prom.wait_for("the deleted job's series dropped", lambda: not prom.query(
+            f'llmtrain_operator_job_phase{{job="{job}"}}'), timeout=30)
+        assert not prom.query(f'llmtrain_operator_stage_restarts_total{{job="{job}"}}')
 
         variables = {"namespace": job_ns, "job": job, "stage": "pretrain"}
         dash = dashboard()
