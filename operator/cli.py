@@ -369,6 +369,15 @@ def operator(
             envvar="LLMTRAIN_RETRY_BACKOFF_MAX", min=0.0, help="Longest wait between two attempts."
         ),
     ] = 300.0,
+    permanent_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="LLMTRAIN_PERMANENT_GRACE",
+            min=0.0,
+            help="Seconds a permanent exit (code 2) waits for the rest of its gang: a more "
+            "retryable failure among them (an OOM-killed head) makes it a retry.",
+        ),
+    ] = 10.0,
     scrape_grace: Annotated[
         float,
         typer.Option(
@@ -448,6 +457,7 @@ def operator(
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             scrape_grace=scrape_grace,
+            permanent_grace=permanent_grace,
         ),
         resync_seconds=resync_seconds,
         scrape_timeout=scrape_timeout,

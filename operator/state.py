@@ -194,6 +194,10 @@ class Policy:
     # A driver may take this long (Ray start, data preparation) before its /metrics is up,
     # or between two reads, before ProgressUnknown is raised.
     scrape_grace: float = 300.0
+    # A permanent exit waits this long for the rest of the gang to report: pods of a gang
+    # fail together (a head OOM-killed takes its workers along), and a more retryable
+    # failure among them wins.
+    permanent_grace: float = 10.0
 
     def backoff(self, restarts: int) -> float:
         return float(min(self.retry_backoff * 2 ** max(restarts - 1, 0), self.retry_backoff_max))
@@ -443,7 +447,7 @@ def _observe_gang(
     if head is not None and head.phase == "Succeeded":
         _stage_succeeded(job, st, cur, now, d)
         return
-    failure = _gang_failure(cur, by_rank, workers)
+    failure = _gang_failure(cur, by_rank, workers, now, policy)
     if failure is None and cur.phase == Phase.Running:
         failure = _progress(job, st, cur, scrape, now, policy, d)
     if failure is not None:
@@ -487,20 +491,31 @@ def _pending(
         )
 
 
-def _gang_failure(cur: StageStatus, by_rank: dict[int, PodView], workers: int) -> Failure | None:
+def _gang_failure(
+    cur: StageStatus, by_rank: dict[int, PodView], workers: int, now: datetime, policy: Policy
+) -> Failure | None:
     """Why the attempt's gang is broken, if it is. The most retryable failure wins: a head
-    OOM-killed (137) takes its workers down with it, and their exits must not make it final."""
-    found: list[Failure] = []
+    OOM-killed (137) takes its workers down with it, and their exits must not make it final,
+    so a permanent exit waits `policy.permanent_grace` for the others while they still run."""
+    found: list[tuple[Failure, PodView | None]] = []
     for rank in range(workers):
         p = by_rank.get(rank)
         if p is None:
             if cur.phase != Phase.Pending:  # it existed: Initializing means all were seen
-                found.append(Failure(REASON_DELETED, True, f"rank {rank} pod was deleted"))
+                found.append((Failure(REASON_DELETED, True, f"rank {rank} pod was deleted"), p))
         elif p.deleting or p.phase == "Failed":
-            found.append(classify(p))
-    transient = [f for f in found if f.retryable]
-    worst = transient or found
-    return worst[0] if worst else None
+            found.append((classify(p), p))
+    transient = [f for f, _ in found if f.retryable]
+    if transient:
+        return transient[0]
+    if not found:
+        return None
+    failure, pod = found[0]
+    ended = parse_time(pod.finished_at if pod else None) or now
+    live = any(not p.terminal and not p.deleting for p in by_rank.values())
+    if live and now - ended < timedelta(seconds=policy.permanent_grace):
+        return None  # the rest of the gang may yet report a more retryable failure
+    return failure
 
 
 def classify(p: PodView) -> Failure:

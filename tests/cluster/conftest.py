@@ -105,6 +105,9 @@ def llmtj_crd(cluster: Any) -> dict[str, Any]:
     """The generated LLMTrainingJob CRD, applied and Established."""
     name = "llmtrainingjobs.llmtrain.io"
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    # Not `kubectl wait`: it fails at once when the CRD has no status.conditions yet.
+    cluster.wait_for(f"crd/{name} Established", lambda: any(
+        c["type"] == "Established" and c["status"] == "True"
+        for c in cluster.get("crd", name).get("status", {}).get("conditions") or []), 60)
     crd: dict[str, Any] = cluster.get("crd", name)
     return crd

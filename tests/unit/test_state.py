@@ -53,8 +53,10 @@ class World:
     now: datetime = T0
     last: state.Decision | None = None
     seen: list[PodView] = field(default_factory=list)  # the pods the last pass looked at
-    # No retry backoff unless a test asks for one; a short start-up grace for scrapes.
-    policy: Policy = field(default_factory=lambda: Policy(retry_backoff=0, scrape_grace=5))
+    # No retry backoff nor permanent grace unless a test asks; a short scrape grace.
+    policy: Policy = field(
+        default_factory=lambda: Policy(retry_backoff=0, scrape_grace=5, permanent_grace=0)
+    )
 
     def job(self) -> api.LLMTrainingJob:
         doc = copy.deepcopy(DOC)
@@ -267,6 +269,21 @@ def test_the_gang_is_judged_by_its_most_retryable_failure() -> None:
     w.set(1, "Failed", exit_code=2)
     d = w.step()
     assert w.cur().phase == Phase.Restarting and d.restarts == [state.REASON_POD_FAILED]
+
+
+def test_a_permanent_exit_waits_for_the_rest_of_the_gang() -> None:
+    """The worker reports first, the OOM-killed head a moment later: a retry, not a failure."""
+    w = running(World(policy=Policy(retry_backoff=0, permanent_grace=10)))
+    w.set(1, "Failed", exit_code=2, finished_at=state.fmt_time(w.now))
+    d = w.step(3)
+    assert w.cur().phase == Phase.Running and d.restarts == [] and d.delete_pods == []
+    w.set(0, "Failed", exit_code=137, reason="OOMKilled", finished_at=state.fmt_time(w.now))
+    assert w.step().restarts == [state.REASON_POD_FAILED]
+    # Alone, it fails the job once the grace is over (or at once when no pod still runs).
+    w = running(World(policy=Policy(retry_backoff=0, permanent_grace=10)))
+    w.set(1, "Failed", exit_code=2, finished_at=state.fmt_time(w.now))
+    assert w.step(3).status.phase == Phase.Running
+    assert w.step(8).status.phase == Phase.Failed
 
 
 def test_retries_back_off_exponentially_and_say_when() -> None:

@@ -30,6 +30,7 @@ from tests.cluster.operator_tests.harness import (
     FakeDriver,
     Harness,
     OperatorProcess,
+    bound_claim,
 )
 
 
@@ -110,8 +111,9 @@ def start_operator(
 
 @pytest.fixture
 def ns(cluster: Any, chart_rbac: dict[str, Any]) -> Iterator[str]:
-    """A fresh namespace enforcing the `restricted` Pod Security Standard. At the end its
-    jobs lose the operator's finalizer, so the namespace goes without an operator."""
+    """A fresh namespace enforcing the `restricted` Pod Security Standard, with a bound
+    storage claim for the jobs. At the end its jobs lose the operator's finalizer, so the
+    namespace goes without an operator."""
     name = f"op-{uuid.uuid4().hex[:8]}"
     cluster.create_namespace(name)
     cluster.kubectl(
@@ -121,6 +123,7 @@ def ns(cluster: Any, chart_rbac: dict[str, Any]) -> Iterator[str]:
         "pod-security.kubernetes.io/enforce=restricted",
         "pod-security.kubernetes.io/enforce-version=latest",
     )
+    bound_claim(cluster, name)
     yield name
     cluster.kubectl("delete", "llmtj", "--all", "-n", name, "--wait=false", check=False)
     out = cluster.kubectl("get", "llmtj", "-n", name, "-o", "name", check=False)

@@ -55,6 +55,8 @@ class OperatorProcess:
         argv = [
             str(LLMTRAIN), "operator", *(["--all-namespaces"] if all_namespaces else []),
             "--resync-seconds", "1", "--scrape-timeout", "1",
+            # Tests that look at the backoff or the scrape grace pass their own (last wins).
+            "--retry-backoff", "0", "--scrape-grace", "2", "--permanent-grace", "3",
             "--metrics-bind", f"127.0.0.1:{self.metrics_port}",
             "--health-bind", f"127.0.0.1:{self.health_port}",
             *args,
@@ -91,7 +93,7 @@ class OperatorProcess:
 
     def reconciles(self) -> float:
         m = self.metrics()
-        return sum(v for k, v in m.items() if k.startswith("llmtrain_reconciles_total"))
+        return sum(v for k, v in m.items() if k.startswith("llmtrain_operator_reconciles_total"))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.proc.poll() is None:
@@ -130,6 +132,33 @@ class FakeDriver:
 
 
 
+STORAGE_CLAIM = "llm-storage"
+
+
+def bound_claim(cluster: Any, namespace: str, name: str = STORAGE_CLAIM) -> None:
+    """A PVC bound to its own hostPath PV (the controller-manager binds them), so pods that
+    mount it schedule on kwok nodes; jobs need storage that outlives their pods."""
+    pv = {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"{namespace}-{name}"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                 "hostPath": {"path": f"/tmp/{namespace}-{name}"},
+                 "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+                 "claimRef": {"namespace": namespace, "name": name}},
+    }
+    pvc = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "volumeName": pv["metadata"]["name"],
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+    wait_until(f"PVC {namespace}/{name} bound", lambda: cluster.get(
+        "pvc", name, namespace).get("status", {}).get("phase") == "Bound")
+
+
 class Harness:
     """One test namespace: make jobs, read them back, drive their pods."""
 
@@ -148,9 +177,9 @@ class Harness:
                 "stages": [{"name": s, "type": formats[s][0],
                             "dataset": {"source": f"/storage/{s}.jsonl",
                                         "format": formats[s][1]}} for s in stages],
-                # No PVC: kwok's scheduler would wait for a claim that nothing binds.
                 "resources": {"workers": workers, "gpusPerWorker": 1, "cpu": "1",
                               "memory": "1Gi", "shmSize": "1Gi"},
+                "storage": {"pvc": {"claimName": STORAGE_CLAIM}},  # the `ns` fixture binds it
             },
         }
         body["spec"].update(spec)
@@ -205,6 +234,15 @@ class Harness:
 
     def end_pod(self, name: str, phase: str, exit_code: int | None = None) -> None:
         self.cluster.set_pod_phase(self.ns, name, phase, exit_code)
+
+    def table(self, name: str, *args: str) -> dict[str, str]:
+        """`kubectl get llmtj NAME` as {column: cell}; cells are cut at the header's offsets
+        (empty cells, such as Loss before the first reading, would shift a split())."""
+        header, row = self.cluster.kubectl("get", "llmtj", name, "-n", self.ns,
+                                           *args).splitlines()
+        starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+        bounds = list(zip(starts, [*starts[1:], None], strict=True))
+        return {header[a:b].strip(): row[a:b].strip() for a, b in bounds}
 
     def events(self, name: str) -> list[dict[str, Any]]:
         out = self.cluster.kubectl("get", "events", "-n", self.ns, "-o", "json",

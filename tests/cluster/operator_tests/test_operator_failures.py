@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from llmtrain.operator.handlers import RECREATE
-from tests.cluster.operator_tests.harness import Harness, wait_until
+from tests.cluster.operator_tests.harness import Harness, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -55,32 +55,92 @@ def test_retryable_failures_retry_then_exhaust_the_backoff_limit(
     assert reasons.count("PodFailed") == 1 and "PodDeleted" in reasons, reasons
     assert "BackoffLimitExceeded" in reasons
     m = op.metrics()
-    assert m['llmtrain_stage_restarts_total{reason="PodFailed"}'] == 1
-    assert m['llmtrain_stage_restarts_total{reason="PodDeleted"}'] == 1
+    restarts = f'llmtrain_operator_stage_restarts_total{{job="flaky",namespace="{h.ns}",reason='
+    assert m[restarts + '"PodFailed"}'] == 1 and m[restarts + '"PodDeleted"}'] == 1
 
 
 def test_permanent_exit_code_fails_at_once(start_operator: Any, h: Harness) -> None:
     start_operator("--standalone")
     h.apply(h.job_manifest("buggy", runPolicy={"backoffLimit": 5}))
     h.wait_phase("buggy", "Running")
-    h.end_pod("buggy-sft-a1-0", "Failed", exit_code=1)
+    h.end_pod("buggy-sft-a1-1", "Failed", exit_code=2)  # ExitCode.PERMANENT: bad data
     st = h.wait_phase("buggy", "Failed")
     failed = h.condition("buggy", "Failed")
     assert failed and failed["reason"] == "PodFailedPermanently"
-    assert "exited with code 1" in failed["message"]
+    assert "exited with code 2" in failed["message"]
     assert st["stages"][0]["restarts"] == 0 and st["stages"][1]["attempt"] == 0
-    h.wait_gone({"buggy-sft-a1-1"})
+    # The pod that failed stays for `kubectl logs`; the running head goes, with its GPUs.
+    h.wait_gone({"buggy-sft-a1-0"})
+    time.sleep(3)  # a few passes: nothing else is deleted
+    assert h.pod_names("buggy") == {"buggy-sft-a1-1"}
     assert not any(n.startswith("buggy-dpo") for n in h.pod_names("buggy"))
 
 
-def test_stalled_attempt_is_restarted(start_operator: Any, h: Harness) -> None:
+@pytest.mark.parametrize(
+    ("head", "worker"),
+    [(75, None), (1, None), (137, 2)],  # RETRYABLE, unknown, OOM-killed head + a worker's 2
+    ids=["retryable", "unknown", "oom-beats-permanent"],
+)
+def test_exit_codes_that_retry(
+    start_operator: Any, h: Harness, head: int, worker: int | None
+) -> None:
     start_operator("--standalone")
-    h.apply(h.job_manifest("stuck", stages=("sft",), workers=1,
+    h.apply(h.job_manifest("codes", stages=("sft",), runPolicy={"backoffLimit": 2}))
+    h.wait_phase("codes", "Running")
+    if worker is not None:
+        h.end_pod("codes-sft-a1-1", "Failed", exit_code=worker)
+    h.end_pod("codes-sft-a1-0", "Failed", exit_code=head)
+    h.wait_pods({"codes-sft-a2-0", "codes-sft-a2-1"})
+    stage = h.stage("codes", "sft")
+    assert (stage["attempt"], stage["restarts"]) == (2, 1)
+    assert h.status("codes")["phase"] in ("Restarting", "Running")
+
+
+def test_retries_back_off_and_say_when(start_operator: Any, h: Harness) -> None:
+    start_operator("--standalone", "--retry-backoff", "4")
+    h.apply(h.job_manifest("slow", stages=("sft",), workers=1))
+    h.wait_phase("slow", "Running")
+    h.end_pod("slow-sft-a1-0", "Failed", exit_code=75)
+    restarting = wait_until("Restarting", lambda: (
+        c := h.condition("slow", "Restarting")) and c["status"] == "True" and c)
+    retry_after = h.stage("slow", "sft")["retryAfter"]
+    assert f"retrying as attempt 2 at {retry_after} (backoff 4s)" in restarting["message"]
+    h.wait_gone({"slow-sft-a1-0"})
+    time.sleep(1.5)
+    assert not h.pod_names("slow")  # the old gang is gone, the backoff is not over
+    h.wait_pods({"slow-sft-a2-0"}, timeout=15)
+    h.wait_phase("slow", "Running")
+    columns = h.table("slow", "-o", "wide")
+    assert (columns["STAGE"], columns["RESTARTS"]) == ("sft (1/1)", "1")
+    assert columns["REASON"] == "AllPodsRunning" and columns["PHASE"] == "Running"
+
+
+def test_stalled_attempt_is_restarted(start_operator: Any, h: Harness, drivers: Any) -> None:
+    start_operator("--standalone")
+    port = free_port()
+    h.apply(h.job_manifest("stuck", stages=("sft",), workers=1, monitoring={"metricsPort": port},
                            runPolicy={"stallTimeoutSeconds": 3}))
     h.wait_phase("stuck", "Running")
-    h.wait_pods({"stuck-sft-a2-0"}, timeout=20)  # no driver metrics: the step never moves
+    ip = h.pods()["stuck-sft-a1-0"]["status"]["podIP"]
+    drivers(ip, port, "stuck", "sft", h.ns).set(train_step=7, train_total_steps=100)
+    h.wait_pods({"stuck-sft-a2-0"}, timeout=20)  # readable, and the step never moves
     assert h.stage("stuck", "sft")["restarts"] >= 1
     assert "Stalled" in [e["reason"] for e in h.events("stuck")]
+
+
+def test_an_unreadable_driver_is_reported_not_restarted(start_operator: Any, h: Harness) -> None:
+    """A port mismatch or a NetworkPolicy: the gang is healthy, only the scrape fails."""
+    start_operator("--standalone")
+    h.apply(h.job_manifest("blind", stages=("sft",), workers=1,
+                           runPolicy={"stallTimeoutSeconds": 3}))
+    h.wait_phase("blind", "Running")
+    unknown = wait_until("ProgressUnknown", lambda: (
+        c := h.condition("blind", "ProgressUnknown")) and c["status"] == "True" and c)
+    assert unknown["reason"] == "MetricsUnreadable" and "/metrics" in unknown["message"]
+    time.sleep(8)  # well past stallTimeoutSeconds
+    assert h.pod_names("blind") == {"blind-sft-a1-0"}
+    assert h.stage("blind", "sft")["restarts"] == 0 and h.status("blind")["phase"] == "Running"
+    assert [e["reason"] for e in h.events("blind")].count("MetricsUnreadable") == 1
 
 
 def test_deadline_fails_the_job_and_removes_its_pods(start_operator: Any, h: Harness) -> None:

@@ -40,13 +40,13 @@ def test_restarted_operator_creates_no_duplicates_and_keeps_status(
     created = [c for c in st["conditions"] if c["type"] == "Created"]
     assert created == [c for c in before["conditions"] if c["type"] == "Created"]
     assert h.pod_names("durable") == {"durable-sft-a2-0", "durable-sft-a2-1"}
-    assert second.metrics()["llmtrain_pods_created_total"] == 2
+    assert second.metrics()["llmtrain_operator_pods_created_total"] == 2
 
     # A third operator, started on a steady job, has nothing to create.
     second.stop()
     third = start_operator("--standalone")
     wait_until("a few passes", lambda: third.reconciles() >= 3, timeout=15)
-    assert third.metrics()["llmtrain_pods_created_total"] == 0
+    assert third.metrics()["llmtrain_operator_pods_created_total"] == 0
     assert h.pod_names("durable") == {"durable-sft-a2-0", "durable-sft-a2-1"}
     assert h.status("durable")["stages"] == h.status("durable")["stages"]
 
@@ -70,8 +70,8 @@ def test_two_replicas_only_the_leader_acts(
     wait_until("leader reconciled", lambda: leader.reconciles() > 0)
     time.sleep(2)  # a couple of resyncs
     assert standby.reconciles() == 0
-    assert leader.metrics()["llmtrain_pods_created_total"] == 2
-    assert standby.metrics()["llmtrain_pods_created_total"] == 0
+    assert leader.metrics()["llmtrain_operator_pods_created_total"] == 2
+    assert standby.metrics()["llmtrain_operator_pods_created_total"] == 0
 
     # The leader dies without saying goodbye; the standby takes over once its peer entry
     # expires, and carries the job on.

@@ -96,24 +96,31 @@ def test_job_runs_stage_by_stage_to_success(
         assert reason in reasons, reasons
 
     m = op.metrics()
-    assert m[f'llmtrain_jobs{{namespace="{h.ns}",phase="Succeeded"}}'] == 1
-    assert m["llmtrain_pods_created_total"] == 4
-    assert m['llmtrain_stage_duration_seconds_count{type="sft"}'] == 1
-    assert m["llmtrain_job_time_to_running_seconds_count"] >= 1
-    assert m['llmtrain_reconciles_total{result="ok"}'] > 0
-    assert m["llmtrain_reconcile_errors_total"] == 0
+    assert m[f'llmtrain_operator_jobs{{namespace="{h.ns}",phase="Succeeded"}}'] == 1
+    assert m["llmtrain_operator_pods_created_total"] == 4
+    assert m['llmtrain_operator_stage_duration_seconds_count{type="sft"}'] == 1
+    assert m["llmtrain_operator_job_time_to_running_seconds_count"] >= 1
+    assert m['llmtrain_operator_reconciles_total{result="ok"}'] > 0
+    assert 'llmtrain_operator_reconciles_total{result="error"}' not in m
 
 
-def test_semantic_problems_fail_the_job_with_every_path(start_operator: Any, h: Harness) -> None:
+def test_a_job_that_cannot_run_in_pods_fails_before_any_pod(
+    start_operator: Any, h: Harness
+) -> None:
+    """Valid for `llmtrain run` (the CRD accepts it), but not on a cluster: a relative path
+    and no storage to carry the output. The operator has no default PVC here."""
     start_operator("--standalone")
-    body = h.job_manifest("bad", stages=("sft", "dpo"))
-    body["spec"]["stages"][1]["dataset"]["format"] = "messages"  # the CRD allows it; we do not
+    body = h.job_manifest("local", stages=("sft", "dpo"))
+    body["spec"]["stages"][1]["dataset"]["source"] = "data/prefs.jsonl"
+    del body["spec"]["storage"]
     h.apply(body)
-    st = h.wait_phase("bad", "Failed")
-    failed = h.condition("bad", "Failed")
+    st = h.wait_phase("local", "Failed")
+    failed = h.condition("local", "Failed")
     assert failed and failed["reason"] == "ValidationFailed"
-    assert "spec.stages[1].dataset.format" in failed["message"]
-    assert st.get("completionTime") and not h.pod_names("bad")
+    assert "spec.storage: no storage that outlives the pods" in failed["message"]
+    assert "spec.stages[1].dataset.source: relative path 'data/prefs.jsonl'" in failed["message"]
+    assert st.get("completionTime") and not h.pod_names("local")
+    assert "ValidationFailed" in [e["reason"] for e in h.events("local")]
 
 
 def test_spec_is_immutable_unless_suspended(start_operator: Any, h: Harness) -> None:
@@ -121,10 +128,13 @@ def test_spec_is_immutable_unless_suspended(start_operator: Any, h: Harness) -> 
     start_operator("--standalone")
     h.apply(h.job_manifest("frozen", stages=("sft",), workers=1))
     h.wait_phase("frozen", "Running")
-    with pytest.raises(Exception, match="resources is immutable"):
+    with pytest.raises(Exception, match=r"spec.resources: Invalid value: .*is immutable"):
         h.patch("frozen", {"spec": {"resources": {"workers": 3}}})
-    with pytest.raises(Exception, match="checkpointing is immutable"):  # absent before
+    with pytest.raises(Exception, match=r"spec.checkpointing: .*is immutable"):  # absent before
         h.patch("frozen", {"spec": {"checkpointing": {"everySteps": 5}}})
+    # The driver's port too: the pods and the operator's scrape both depend on it.
+    with pytest.raises(Exception, match=r"spec.monitoring: .*is immutable"):
+        h.patch("frozen", {"spec": {"monitoring": {"metricsPort": 9700}}})
     assert h.job("frozen")["spec"]["resources"]["workers"] == 1
     h.patch("frozen", {"spec": {"suspend": True}})
     h.wait_phase("frozen", "Suspended")
