@@ -120,3 +120,37 @@ def test_watches_only_the_given_namespaces(
         assert other.status("theirs") == {} and not other.pod_names("theirs")
     finally:
         cluster.kubectl("delete", "namespace", other.ns, "--wait=false", check=False)
+
+
+def test_failover_after_sigkill_and_a_standby_exports_no_job_series(
+    cluster: Any, start_operator: Any, h: Harness
+) -> None:
+    """With the chart's peering lifetime (15 s): the time from a SIGKILLed leader to the
+    standby acting, and a replica that goes standby drops its per-job series (else
+    LLMTrainJobFailed would fire forever from what it saw while it was active)."""
+    name = f"ha-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}))
+    lifetime = 15
+    args = ("--peering", name, "--peering-lifetime", str(lifetime))
+    first = start_operator(*args, "--priority", "10")
+    h.apply(h.job_manifest("watched", stages=("sft",)))
+    h.wait_phase("watched", "Running")
+    series = f'llmtrain_operator_job_phase{{job="watched",namespace="{h.ns}",phase="Running"}}'
+    wait_until("the job's series", lambda: first.metrics().get(series) == 1)
+
+    leader = start_operator(*args, "--priority", "20")  # outranks the first: it pauses
+    wait_until("standby drops per-job series", lambda: series not in first.metrics(), timeout=30)
+    assert not any('job="watched"' in k for k in first.metrics())
+    wait_until("the leader exports them", lambda: leader.metrics().get(series) == 1, timeout=30)
+
+    leader.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    h.end_pod("watched-sft-a1-1", "Failed", exit_code=137)  # needs someone to act
+    h.wait_pods({"watched-sft-a2-0", "watched-sft-a2-1"}, timeout=lifetime + 45)
+    failover = time.monotonic() - killed
+    print(f"failover after SIGKILL with a {lifetime}s peering lifetime: {failover:.1f}s")
+    assert failover < lifetime + 15, failover
+    wait_until("the survivor exports them again", lambda: any(
+        'job="watched"' in k for k in first.metrics()))
+    cluster.kubectl("delete", "clusterkopfpeering", name, check=False)
