@@ -13,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.metrics import LOG_KEYS
+
+# Alignment series worth a plot: title -> the gauge the trainers' log keys map to.
+ALIGNMENT_PLOTS = {
+    "reward (mean)": "llmtrain_reward_mean",
+    "KL to the reference": "llmtrain_kl",
+    "preference accuracy": "llmtrain_preference_accuracy",
+    "preference margin": "llmtrain_preference_margin",
+}
 
 
 def _history(stage_dir: Path) -> list[dict[str, Any]]:
@@ -33,6 +42,18 @@ def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def alignment_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Each alignment metric a stage logged (TRL names it variously: `rewards/margins`,
+    `objective/kl`, ...), by plot title; training-set values only, not eval_ ones."""
+    out = {}
+    for title, gauge in ALIGNMENT_PLOTS.items():
+        keys = [k for k, g in LOG_KEYS.items() if g == gauge and not k.startswith("eval_")]
+        points = dict(p for k in keys for p in _series(rows, k))
+        if points:
+            out[title] = sorted(points.items())
+    return out
+
+
 def stage_summary(cfg: StageConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     result = _read(out / "result.json")
@@ -40,6 +61,7 @@ def stage_summary(cfg: StageConfig) -> dict[str, Any]:
     rows = _history(out)
     losses = [v for _, v in _series(rows, "loss")]
     evals = [v for _, v in _series(rows, "eval_loss")]
+    aligned = alignment_series(rows)
     return {
         "stage": cfg.stage.name,
         "type": cfg.stage.type,
@@ -50,8 +72,12 @@ def stage_summary(cfg: StageConfig) -> dict[str, Any]:
         "final_eval_loss": evals[-1] if evals else None,
         "tokens_per_second": result.get("tokens_per_second"),
         "output": result.get("output"),
+        "alignment": {title: points[-1][1] for title, points in aligned.items()},
         "plot": str(out / "loss.png")
         if plot_loss(cfg.stage.name, rows, out / "loss.png")
+        else None,
+        "alignment_plot": str(out / "alignment.png")
+        if plot_alignment(cfg.stage.name, aligned, out / "alignment.png")
         else None,
     }
 
@@ -81,6 +107,28 @@ def plot_loss(name: str, rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set(title=f"{name}: loss", xlabel="step", ylabel="loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_alignment(name: str, series: dict[str, list[tuple[int, float]]], path: Path) -> bool:
+    """One panel per alignment metric the stage logged (reward, KL, preference accuracy and
+    margin): how a dpo, ppo, grpo or reward stage moved, beyond its loss."""
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3), dpi=100, squeeze=False)
+    for ax, (title, points) in zip(axes[0], series.items(), strict=True):
+        ax.plot(*zip(*points, strict=True))
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(name)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -118,12 +166,17 @@ def write_report(job_dir: Path, configs: list[StageConfig]) -> dict[str, Any]:
         lines.append("| " + " | ".join(_cell(st[k], f) for k, _, f in _COLUMNS) + " |")
     lines.append("")
     for s in stages:
-        if s["plot"]:
-            rel = (
-                Path(s["plot"]).relative_to(job_dir)
-                if s["plot"].startswith(str(job_dir))
-                else s["plot"]
-            )
-            lines += [f"## {s['stage']}", "", f"![{s['stage']} loss]({rel})", ""]
+        plots = [
+            (f"{s['stage']} {what}", s[key])
+            for what, key in (("loss", "plot"), ("alignment metrics", "alignment_plot"))
+            if s[key]
+        ]
+        if plots:
+            lines += [f"## {s['stage']}", ""]
+        if s["alignment"]:
+            lines += ["Final " + ", ".join(f"{k}: {v:.4g}" for k, v in s["alignment"].items()), ""]
+        for alt, plot in plots:
+            rel = Path(plot).relative_to(job_dir) if plot.startswith(str(job_dir)) else plot
+            lines += [f"![{alt}]({rel})", ""]
     (job_dir / "report.md").write_text("\n".join(lines))
     return report

@@ -93,7 +93,11 @@ def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
         if "loss" in r
     ]
     assert pretrain_losses[-1] < pretrain_losses[0]
-    assert "| sft | sft |" in (work / "quickstart" / "report.md").read_text()
+    report_md = (work / "quickstart" / "report.md").read_text()
+    assert "| sft | sft |" in report_md
+    # DPO moved its preference metrics, and the report shows how.
+    assert "![dpo alignment metrics](dpo/alignment.png)" in report_md
+    assert "Final preference accuracy:" in report_md
 
     # The result answers a prompt.
     gen = run_cli(

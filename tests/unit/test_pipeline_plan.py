@@ -85,3 +85,32 @@ def test_report_from_stage_directories(tmp_path) -> None:
     md = (tmp_path / "quickstart" / "report.md").read_text()
     assert "| pretrain | pretrain | 12.5 | 5 | 1.0000 | 1.0000 | 9 | x |" in md
     assert "![pretrain loss](pretrain/loss.png)" in md
+
+
+def test_report_plots_the_alignment_metrics_a_stage_logged(tmp_path) -> None:
+    plans = pipeline.plan(quickstart(), QUICKSTART, tmp_path, 1, None)
+    dpo = plans[2].config
+    out = Path(dpo.output_dir)
+    out.mkdir(parents=True)
+    # DPOTrainer's names; a PPO stage would log objective/kl and objective/scores instead.
+    rows = [
+        {
+            "step": s,
+            "loss": 0.7 - 0.05 * s,
+            "rewards/margins": 0.1 * s,
+            "rewards/accuracies": min(1.0, 0.5 + 0.1 * s),
+            "eval_rewards/accuracies": 0.2,
+        }
+        for s in range(1, 6)
+    ]
+    (out / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    report = write_report(tmp_path / "quickstart", [dpo])
+    (stage,) = report["stages"]
+    assert stage["alignment"] == {"preference accuracy": 1.0, "preference margin": 0.5}
+    assert (out / "alignment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "quickstart" / "report.md").read_text()
+    assert "Final preference accuracy: 1, preference margin: 0.5" in md
+    assert "![dpo alignment metrics](dpo/alignment.png)" in md
+    # A stage that logs none gets no such plot.
+    plain = write_report(tmp_path / "other", [plans[0].config])["stages"][0]
+    assert plain["alignment"] == {} and plain["alignment_plot"] is None
