@@ -94,6 +94,22 @@ def test_job_runs_stage_by_stage_to_success(
     reasons = [e["reason"] for e in h.events("chat")]
     for reason in ("AllPodsRunning", "StageSucceeded", "StageStarted", "JobSucceeded"):
         assert reason in reasons, reasons
+    # Every condition says how the job ended, not what the sft stage once did.
+    for type_ in ("Running", "Created"):
+        cond = h.condition("chat", type_)
+        assert cond and cond["message"], cond
+    assert h.condition("chat", "Running")["reason"] == "JobSucceeded"  # type: ignore[index]
+    columns = h.table("chat", "-o", "wide")
+    assert (columns["PHASE"], columns["STAGE"], columns["REASON"]) == (
+        "Succeeded", "dpo (2/2)", "JobSucceeded")
+
+    # One INFO line per transition, and no access log of the health probe.
+    log = op.log.read_text()
+    for line in (f"job {h.ns}/chat: created 2 pod(s) of stage sft attempt 1",
+                 f"job {h.ns}/chat: StageSucceeded: stage sft succeeded",
+                 f"job {h.ns}/chat: JobSucceeded: all 2 stage(s) succeeded"):
+        assert line in log, line
+    assert "/healthz" not in log
 
     m = op.metrics()
     assert m[f'llmtrain_operator_jobs{{namespace="{h.ns}",phase="Succeeded"}}'] == 1
