@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint typecheck layers pytest crd bench controlplane clean tools
+.PHONY: quickstart test lint typecheck layers pytest crd bench controlplane images clean tools
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,9 +19,11 @@ quickstart: $(STAMP)
 
 test: tools lint typecheck layers pytest
 
-# prometheus + promtool for tests/monitoring (apt-get, only when promtool is missing).
+# prometheus + promtool for tests/monitoring; containerd, runc, CNI plugins, iptables, socat,
+# buildah, debootstrap for the real-node cluster and the test images (apt-get, only when missing).
 tools:
 	bash tests/monitoring/install-prometheus.sh
+	bash tests/controlplane/install-node-tools.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -52,6 +54,12 @@ bench: $(STAMP)
 
 controlplane:
 	bash tests/controlplane/build.sh
+	bash tests/controlplane/nodebuild/build.sh
+
+# The operator and trainer images, built from the Dockerfiles on a local Debian base and loaded
+# into the test node's containerd (tests/images/build.sh; cached by a hash of their inputs).
+images: $(STAMP) tools
+	bash tests/images/build.sh
 
 clean:
 	rm -rf .build runs

@@ -1,5 +1,7 @@
 """The Dockerfiles, checked without Docker: sources exist, entrypoints name real commands,
 the chart's default images are the ones these files build, and both run as non-root.
+tests/images/build.sh builds these same files with buildah (on a local Debian base), and
+tests/e2e/test_real_node.py runs what it built; here, what that build relies on.
 
     pytest tests/chart/test_images.py
 """
@@ -21,6 +23,7 @@ from llmtrain.operator.cli import app
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "llmtrain"
 OPERATOR, TRAINER = REPO / "Dockerfile.operator", REPO / "Dockerfile.trainer"
+BUILD_SCRIPT = REPO / "tests" / "images" / "build.sh"
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -112,9 +115,15 @@ def test_operator_image_runs_llmtrain_operator_without_torch() -> None:
     assert "operator" in cli_commands()
 
 
+def arg_default(path: Path, name: str) -> str:
+    found = [a.split("=", 1)[1] for w, a in instructions(path)
+             if w == "ARG" and a.startswith(f"{name}=")]
+    assert found, f"{path.name}: no ARG {name}=..."
+    return found[0]
+
+
 def test_trainer_image_is_cuda_with_the_train_extra_and_non_root() -> None:
-    args = [a for w, a in instructions(TRAINER) if w == "ARG" and a.startswith("CUDA_IMAGE=")]
-    assert args and args[0].split("=", 1)[1].startswith("nvidia/cuda:")
+    assert arg_default(TRAINER, "BASE").startswith("nvidia/cuda:")
     runs = " ".join(a for w, a in instructions(TRAINER) if w == "RUN")
     assert '".[train]"' in runs
     assert exec_form(TRAINER, "ENTRYPOINT") == ["llmtrain"]
@@ -145,3 +154,37 @@ def test_trainer_uid_is_the_one_the_operator_runs_pods_as() -> None:
 
     users = [a for w, a in instructions(TRAINER) if w == "USER"]
     assert users[-1].split(":")[0] == str(resources.RUN_AS_USER)
+
+
+def test_operator_image_defaults_to_python_slim() -> None:
+    assert arg_default(OPERATOR, "BASE").startswith("python:3.11-slim")
+
+
+@pytest.mark.parametrize("dockerfile", [OPERATOR, TRAINER], ids=lambda p: p.name)
+def test_base_and_uv_are_build_args_the_test_build_sets(dockerfile: Path) -> None:
+    """tests/images/build.sh swaps in a local Debian base and a local uv image; an ARG the
+    Dockerfile does not declare (or a FROM that ignores it) would be silently ignored."""
+    froms = [a.split()[0] for w, a in instructions(dockerfile) if w == "FROM"]
+    assert froms[0] == "${UV_IMAGE}" and set(froms[1:]) == {"${BASE}"}, froms
+    script = BUILD_SCRIPT.read_text()
+    for arg in ("BASE", "UV_IMAGE", "UV_CACHE_DIR"):
+        arg_default(dockerfile, arg)
+        assert f'--build-arg "{arg}=' in script or f"--build-arg {arg}=" in script, arg
+    assert "-f \"Dockerfile.$name\"" in script and "for name in operator trainer" in script
+
+
+@pytest.mark.parametrize("dockerfile", [OPERATOR, TRAINER], ids=lambda p: p.name)
+def test_dependencies_are_a_layer_before_the_sources(dockerfile: Path) -> None:
+    """The dependency layer (GBs for the trainer) is built from the pins alone, so a source
+    change rebuilds only the project's layer; then the project is a wheel installed against
+    the same pins, not an editable install or a copy of the tree."""
+    steps = [(w, a) for w, a in instructions(dockerfile) if w in ("COPY", "RUN")]
+    first_source = next(i for i, (w, a) in enumerate(steps)
+                        if w == "COPY" and a.split()[0] in ("operator/", "README.md"))
+    deps = [a for w, a in steps[:first_source] if w == "RUN" and "-r pyproject.toml" in a]
+    assert deps and "-c constraints.txt" in deps[0], steps
+    copied = [a.split()[:-1] for w, a in steps[:first_source]
+              if w == "COPY" and not a.startswith("--from")]
+    assert copied == [["pyproject.toml", "constraints.txt"]], copied
+    project = [a for w, a in steps[first_source:] if w == "RUN" and "uv pip install" in a]
+    assert project and "-c constraints.txt" in project[0] and " -e " not in project[0]

@@ -160,11 +160,29 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _make_pki(d: Path) -> None:
+# P-256 for TLS (key generation is ~100x faster than RSA); RSA for the SA signing key.
+_EC = ("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+CLIENT_EXT = "extendedKeyUsage=clientAuth\n"
+
+
+def _leaf(d: Path, name: str, subj: str, ext: str) -> None:
+    """d/name.{key,crt}: a P-256 key and a cert from the CA in d, with extensions `ext`."""
+    _openssl(*_EC, "-out", f"{name}.key", cwd=d)
+    _openssl("req", "-new", "-key", f"{name}.key", "-subj", subj, "-out", f"{name}.csr", cwd=d)
+    (d / f"{name}.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n" + ext
+    )
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "365", "-extfile", f"{name}.ext", "-out", f"{name}.crt",
+        cwd=d,
+    )
+
+
+def _make_pki(d: Path, extra_sans: Sequence[str] = ()) -> None:
     """A CA, the apiserver's serving cert, client certs per component, the SA key."""
     d.mkdir(parents=True, exist_ok=True)
-    # P-256 for TLS (key generation is ~100x faster than RSA); RSA for the SA signing key.
-    ec = ("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+    ec = _EC
     _openssl(*ec, "-out", "ca.key", cwd=d)
     _openssl(
         "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=llmtrain-test-ca",
@@ -177,24 +195,15 @@ def _make_pki(d: Path) -> None:
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
     def leaf(name: str, subj: str, ext: str) -> None:
-        _openssl(*ec, "-out", f"{name}.key", cwd=d)
-        _openssl("req", "-new", "-key", f"{name}.key", "-subj", subj, "-out", f"{name}.csr", cwd=d)
-        (d / f"{name}.ext").write_text(
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n" + ext
-        )
-        _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "365", "-extfile", f"{name}.ext", "-out", f"{name}.crt",
-            cwd=d,
-        )
+        _leaf(d, name, subj, ext)
 
     sans = ",".join(
         ["IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes",
          "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
-         "DNS:kubernetes.default.svc.cluster.local"]
+         "DNS:kubernetes.default.svc.cluster.local", *extra_sans]
     )
     leaf("apiserver", "/CN=kube-apiserver", f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n")
-    client = "extendedKeyUsage=clientAuth\n"
+    client = CLIENT_EXT
     leaf("admin", f"/O=system:masters/CN={ADMIN_USER}", client)
     leaf("kcm", "/CN=system:kube-controller-manager", client)
     leaf("scheduler", "/CN=system:kube-scheduler", client)
@@ -294,7 +303,7 @@ class Cluster:
         (self.workdir / "logs").mkdir(exist_ok=True)
         # Fresh PKI and ports each start, so old etcd data would not match; start clean.
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
-        _make_pki(self.pki)
+        self._make_pki()
         etcd_port, peer_port, api_port, kcm_port, sched_port = _free_ports(5)
         self.api_url = f"https://127.0.0.1:{api_port}"
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -323,7 +332,8 @@ class Cluster:
             "--unsafe-no-fsync", "--log-level=warn",
         ])
         etcd.start(self._env())
-        _poll("etcd /health", lambda: b'"true"' in _http_get(f"{etcd_url}/health"), 30, [etcd])
+        _poll("etcd /health", lambda: b'"true"' in self._http_get(f"{etcd_url}/health"), 30,
+              [etcd])
 
         api = self._proc("kube-apiserver", [
             str(b / "kube-apiserver"),
@@ -343,6 +353,7 @@ class Cluster:
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
+            *self._apiserver_args(),
         ])
         api.start(self._env())
         _poll("kube-apiserver /readyz", lambda: self._api_get("/readyz") == b"ok",
@@ -365,26 +376,29 @@ class Cluster:
             f"--kubeconfig={self.workdir / 'scheduler.kubeconfig'}",
             "--bind-address=127.0.0.1", f"--secure-port={sched_port}", "--leader-elect=false",
         ])
-        kwok = self._proc("kwok", [
-            str(b / "kwok"),
-            f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
-            f"--config={self.workdir / 'kwok.yaml'}",
-        ])
-        for p in (kcm, sched, kwok):
+        for p in (kcm, sched):
             p.start(self._env())
-        self._create_nodes()
+        if self.nodes:
+            kwok = self._proc("kwok", [
+                str(b / "kwok"),
+                f"--kubeconfig={self.workdir / 'kwok.kubeconfig'}",
+                f"--config={self.workdir / 'kwok.yaml'}",
+            ])
+            kwok.start(self._env())
+            self._create_nodes()
 
         _poll("kube-controller-manager /healthz",
-              lambda: _http_get(f"https://127.0.0.1:{kcm_port}/healthz", insecure=True) == b"ok",
+              lambda: self._http_get(f"https://127.0.0.1:{kcm_port}/healthz", True) == b"ok",
               self.start_timeout, self.procs)
         _poll("kube-scheduler /healthz",
-              lambda: _http_get(f"https://127.0.0.1:{sched_port}/healthz", insecure=True) == b"ok",
+              lambda: self._http_get(f"https://127.0.0.1:{sched_port}/healthz", True) == b"ok",
               self.start_timeout, self.procs)
         _poll(f"{self.nodes} kwok nodes Ready", self._nodes_ready, self.start_timeout, self.procs)
         # The serviceaccount controller is live once `default` exists; pods need it.
         _poll("serviceaccount default/default",
               lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default") != b"",
               self.start_timeout, self.procs)
+        self._start_more()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop the clients with SIGTERM, then SIGKILL every process group that is left.
@@ -508,7 +522,21 @@ class Cluster:
             f"----- {p.name} ({p.log}) -----\n{p.tail(lines)}" for p in self.procs
         )
 
-    # ---- internals -------------------------------------------------------------------------
+    # ---- internals (and the hooks a subclass extends: tests/controlplane/node.py) -----------
+
+    def _make_pki(self) -> None:
+        _make_pki(self.pki)
+
+    def _apiserver_args(self) -> list[str]:
+        """Extra kube-apiserver flags; a later one wins over the same flag above."""
+        return []
+
+    def _start_more(self) -> None:
+        """Runs last in start(), once the control plane is up."""
+
+    def _http_get(self, url: str, insecure: bool = False) -> bytes:
+        """A GET from where the components listen (a probe)."""
+        return _http_get(url, insecure)
 
     def _proc(self, name: str, argv: list[str]) -> Process:
         p = Process(name, argv, self.workdir / "logs" / f"{name}.log")
