@@ -103,6 +103,10 @@ def test_job_runs_stage_by_stage_to_success(
     assert (columns["PHASE"], columns["STAGE"], columns["REASON"]) == (
         "Succeeded", "dpo (2/2)", "JobSucceeded")
 
+    # Finished and without a TTL, the job needs the operator no more: its finalizer goes, so
+    # deleting it (or its namespace) never waits for an operator, installed or not.
+    wait_until("finalizer removed", lambda: not h.job("chat")["metadata"].get("finalizers"))
+
     # One INFO line per transition, and no access log of the health probe.
     log = op.log.read_text()
     for line in (f"job {h.ns}/chat: created 2 pod(s) of stage sft attempt 1",
