@@ -657,6 +657,9 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
 
     Pods *ahead* of the status (a later stage or attempt) are left alone: a status read
     that lags behind our own last write must never tear down the newer gang.
+
+    A gang goes head first: the driver's SIGTERM asks every Ray Train worker to checkpoint,
+    and the workers' pods must still be up to do it; they go once the head has.
     """
     cur = current_stage(st)
     if cur is None:
@@ -674,6 +677,8 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
         ]
         first = min(failed, key=lambda p: (p.finished_at or "~", p.rank), default=None)
         keep = {first.name} if first else set()
+    # Gangs whose driver still runs (or is checkpointing on its way out).
+    heads = {(p.stage, p.attempt) for p in pods if p.rank == 0 and not p.terminal}
     out = []
     for p in pods:
         at = (order.get(p.stage, -1), p.attempt)
@@ -681,6 +686,8 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
             continue
         if p.rank == 0 and p.terminal and last.get(p.stage) == p.attempt:
             continue
+        if p.rank != 0 and (p.stage, p.attempt) in heads and not p.terminal:
+            continue  # after its head
         out.append(p.name)
     return out
 

@@ -411,7 +411,8 @@ def test_deadline_fails_and_removes_pods() -> None:
     d = w.step(200)
     assert w.status is not None and w.status.phase == Phase.Failed
     assert w.cond(state.COND_FAILED).reason == state.REASON_DEADLINE  # type: ignore[union-attr]
-    assert sorted(d.delete_pods) == ["j-sft-a1-0", "j-sft-a1-1"]
+    assert d.delete_pods == ["j-sft-a1-0"]  # the head first: its SIGTERM asks for a checkpoint
+    assert w.step().delete_pods == ["j-sft-a1-1"]  # then the workers it needed for that
 
 
 def test_suspend_and_resume_starts_a_new_attempt() -> None:
@@ -419,7 +420,12 @@ def test_suspend_and_resume_starts_a_new_attempt() -> None:
     w.spec = {"suspend": True}
     d = w.step()
     assert w.status is not None and w.status.phase == Phase.Suspended
-    assert sorted(d.delete_pods) == ["j-sft-a1-0", "j-sft-a1-1"] and d.ensure is None
+    assert d.delete_pods == ["j-sft-a1-0"] and d.ensure is None  # the head first
+    w.pods["j-sft-a1-0"] = PodView("j-sft-a1-0", "sft", 1, 0, "Running", deleting=True,
+                                   owner_uid="u1")  # checkpointing on its way out
+    assert w.step().delete_pods == []  # its workers stay up for the checkpoint
+    del w.pods["j-sft-a1-0"]
+    assert w.step().delete_pods == ["j-sft-a1-1"]
     assert w.status.start_time is None
     assert w.step(1000).ensure is None  # nothing is created while suspended
     w.spec = {"suspend": False}
