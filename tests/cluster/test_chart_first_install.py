@@ -28,13 +28,18 @@ MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def readme_install(readme: Path) -> list[str]:
-    """The `helm install` line of the README's "On Kubernetes" block, as argv."""
+    """The `helm install` of the README's first code block that has one (the repository
+    README: in "On Kubernetes"), as argv; continuation lines joined, comments dropped."""
     text = readme.read_text()
     if readme == REPO / "README.md":
         text = text.split("## On Kubernetes", 1)[1].split("\n## ", 1)[0]
-    lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
-    (line,) = [ln for ln in lines if ln.startswith("helm install ")]
-    return shlex.split(line)
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        lines = [ln.split("#", 1)[0].strip() for ln in joined.splitlines()]
+        found = [ln for ln in lines if ln.startswith("helm install ")]
+        if found:
+            return shlex.split(found[0])
+    raise AssertionError(f"{readme}: no helm install")
 
 
 def _normalized(argv: list[str]) -> list[str]:
