@@ -452,7 +452,7 @@ def refusal_message(
         ns = resources.namespace_of(job)
         msg += (
             f"; worker pods run as ServiceAccount {sa!r}: create it in namespace {ns!r}"
-            " (the Helm chart creates it in its jobNamespaces)"
+            " (or run job pods as `default`: leave the chart's serviceAccount.worker.name empty)"
         )
     return msg
 

@@ -48,7 +48,7 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 NAMESPACED = {
     ("llmtrain.io", "llmtrainingjobs"): {"get", "list", "watch", "patch", "delete"},
     ("llmtrain.io", "llmtrainingjobs/status"): {"patch"},
-    ("llmtrain.io", "llmtrainingjobs/finalizers"): {"patch"},
+    ("llmtrain.io", "llmtrainingjobs/finalizers"): {"update"},  # blockOwnerDeletion
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "delete"},

@@ -124,7 +124,6 @@ def test_install_defaults_every_object_is_accepted(cluster: Any, monitoring_crds
                            ("create", "deployments.apps"), ("update", "pods"),
                            ("patch", "pods"), ("update", "llmtrainingjobs.llmtrain.io"),
                            ("update", "llmtrainingjobs.llmtrain.io/status"),
-                           ("update", "llmtrainingjobs.llmtrain.io/finalizers"),
                            ("update", "networkpolicies.networking.k8s.io"),
                            ("create", "customresourcedefinitions.apiextensions.k8s.io")]:
         assert not can_i(cluster, sa, verb, resource, None), (verb, resource)
