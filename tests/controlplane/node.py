@@ -133,6 +133,7 @@ def build_images(timeout: float | None = None) -> dict[str, str]:
 
 def _run_build(script: Path, timeout: float | None) -> list[str]:
     proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=timeout)
+    sys.stderr.write(proc.stderr)  # progress and timings: pytest shows them with -s
     if proc.returncode == 127:
         lines = proc.stderr.strip().splitlines()
         raise PrerequisiteMissing(lines[-1] if lines else f"{script}: a tool is missing")
@@ -749,7 +750,9 @@ def _cleanup_paths(workdir: Path | None) -> None:
         Path("/var/lib/kubelet").rmdir()  # only if nothing else lives there
     results = CNI_CACHE / "results"
     if results.is_dir():
-        for f in results.glob(f"{CNI_NETWORK}-*"):
+        # Ours, and containerd's loopback network (its results are a cache; no other CNI user
+        # runs on these machines while we hold the lock).
+        for f in [*results.glob(f"{CNI_NETWORK}-*"), *results.glob("cni-loopback-*")]:
             f.unlink()
     for d in (results, CNI_CACHE / "networks", CNI_CACHE):
         with contextlib.suppress(OSError):

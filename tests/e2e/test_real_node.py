@@ -130,6 +130,29 @@ def test_headless_service_names_resolve_and_carry_tcp(
     assert out.split() == [head_ip, "pong", "ping"]
 
 
+def test_nothing_outside_the_cluster_is_reachable(
+    real_cluster: Any, restricted_namespace: str
+) -> None:
+    """The cluster's netns has no way out: CoreDNS asks no upstream, and there is no route."""
+    script = (
+        "python3 -c 'import socket\n"
+        "for name in (\"pypi.org\", \"kubernetes.default.svc\"):\n"
+        "    try:\n"
+        "        print(name, socket.gethostbyname(name))\n"
+        "    except OSError as e:\n"
+        "        print(name, \"unresolved\")\n"
+        "try:\n"
+        "    socket.create_connection((\"192.0.2.1\", 80), timeout=3); print(\"connected\")\n"
+        "except OSError as e:\n"
+        "    print(\"no route\" if e.errno == 101 else e)'"
+    )
+    apply(real_cluster, restricted_namespace,
+          pod("outside", real_cluster.operator_image, script))
+    real_cluster.wait_pod(restricted_namespace, "outside", ("Succeeded",))
+    assert logs(real_cluster, restricted_namespace, "outside").splitlines() == [
+        "pypi.org unresolved", "kubernetes.default.svc 10.96.0.1", "no route"]
+
+
 def test_kubectl_logs_and_exec(real_cluster: Any, restricted_namespace: str) -> None:
     ns = restricted_namespace
     apply(real_cluster, ns, pod("sleeper", real_cluster.operator_image,
