@@ -104,7 +104,9 @@ def test_headless_service_names_resolve_and_carry_tcp(
                     "publishNotReadyAddresses": True, "ports": [{"port": 7000}]}}
     server = (
         "python3 -c 'import socket; s = socket.create_server((\"\", 7000)); "
-        "c, a = s.accept(); c.sendall(b\"pong \" + c.recv(64)); c.close()'"
+        "c, a = s.accept(); "  # the worker waits for the answer: it is alive to be found
+        f"ok = a[0] == socket.gethostbyname(\"worker.gang.{ns}.svc\"); "
+        "c.sendall(b\"pong \" + c.recv(64)); c.close(); print(ok)'"
     )
     client = (
         "python3 -c 'import socket, time\n"
@@ -128,6 +130,10 @@ def test_headless_service_names_resolve_and_carry_tcp(
     assert done["status"]["phase"] == "Succeeded", out
     head_ip = real_cluster.get("pod", "head", ns)["status"]["podIP"]
     assert out.split() == [head_ip, "pong", "ping"]
+    # And the other way: the head finds the worker's name at the address it came from.
+    assert real_cluster.wait_pod(ns, "head", ("Succeeded", "Failed"))["status"][
+        "phase"] == "Succeeded", logs(real_cluster, ns, "head")
+    assert logs(real_cluster, ns, "head") == "True\n"
 
 
 def test_nothing_outside_the_cluster_is_reachable(

@@ -97,7 +97,8 @@ if all_imported; then result; exit 0; fi
 
 mkdir -p "$cache/images"
 tmp=$(mktemp -d "$cache/images/.build.XXXXXX")
-runroot=/run/llmtrain-buildah   # buildah's locks and mount state: tmpfs, gone at reboot
+# buildah's locks and mount state, one per store (tmpfs: gone at reboot, like the mounts).
+runroot=/run/llmtrain-buildah-$(echo "$store" | sha)
 ctrd_pid=""
 B=(buildah --root "$store" --runroot "$runroot" --storage-driver overlay)
 cleanup() {
@@ -116,8 +117,9 @@ t_all=$SECONDS
 for old in "$cache"/images/buildah-* "$cache"/images/base-*.tar; do
   [[ -e $old && $old != "$store" && $old != "$cache/images/base-$base_hash.tar" ]] || continue
   log "removing $old"
-  buildah --root "$old" --runroot "$runroot-old" --storage-driver overlay rm --all >/dev/null 2>&1 || true
-  rm -rf "$old" "$runroot-old"
+  old_runroot=/run/llmtrain-buildah-$(echo "$old" | sha)
+  buildah --root "$old" --runroot "$old_runroot" --storage-driver overlay rm --all >/dev/null 2>&1 || true
+  rm -rf "$old" "$old_runroot"
 done
 mkdir -p "$store"
 
@@ -179,6 +181,10 @@ for name in operator trainer; do
     >"$tmp/$name.log" 2>&1 || { tail -40 "$tmp/$name.log" >&2; exit 1; }
   log "... $name built in $((SECONDS - t0))s ($("${B[@]}" images --format '{{.Size}}' "$ref"))"
 done
+
+# buildah keeps the working container of a `FROM ... AS uv` stage mounted, and with it a bind
+# mount of its store, across which link_import.py's hard links would fail (EXDEV).
+"${B[@]}" rm --all >/dev/null
 
 # --- import into the node's containerd store (a private containerd, no CRI, no network)
 mkdir -p "$ctr_root/llmtrain-imported" "$tmp/state"
