@@ -213,8 +213,8 @@ class NodeCluster(cp.Cluster):  # type: ignore[misc,name-defined]
 
     node_bin: Path = Path()
     images: dict[str, str] = field(default_factory=dict)
-    nodes: int = 0  # kwok nodes besides the real one
-    pod_cidr: str = POD_CIDR
+    nodes: int = 0  # kwok nodes besides the real one (none in the tests)
+    pod_cidr: str = "10.245.0.0/16"  # kwok's fake pods, apart from the real ones'
     # Seconds: control_plane, node_ready (kubelet start to Ready), start (all of it).
     timings: dict[str, float] = field(default_factory=dict)
     _lock_fd: int | None = field(default=None, init=False, repr=False)

@@ -148,7 +148,7 @@ def test_nothing_outside_the_cluster_is_reachable(
         "    except OSError as e:\n"
         "        print(name, \"unresolved\")\n"
         "try:\n"
-        "    socket.create_connection((\"192.0.2.1\", 80), timeout=3); print(\"connected\")\n"
+        "    socket.create_connection((\"203.0.113.1\", 80), timeout=3); print(\"connected\")\n"
         "except OSError as e:\n"
         "    print(\"no route\" if e.errno == 101 else e)'"
     )
