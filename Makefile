@@ -31,14 +31,14 @@ lint: $(STAMP)
 
 # mypy and import-linter read a built copy: neither follows setuptools' editable finder,
 # which is what maps operator/ -> llmtrain.operator.
-.build/typecheck/.stamp: $(STAMP) $(shell find operator trainer -name '*.py')
-	rm -rf .build/typecheck
+.build/typecheck/.stamp: $(STAMP) $(shell find cli operator trainer -name '*.py')
+	rm -rf .build/typecheck build  # setuptools' build/ keeps files that no longer exist
 	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps --target .build/typecheck .
 	touch $@
 
 typecheck: .build/typecheck/.stamp
 	cd .build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml \
-		-p llmtrain.operator -p llmtrain.trainer.config
+		-p llmtrain.cli -p llmtrain.operator -p llmtrain.trainer.config -p llmtrain.trainer.contract
 
 layers: .build/typecheck/.stamp
 	PYTHONPATH=.build/typecheck $(BIN)/lint-imports pyproject.toml

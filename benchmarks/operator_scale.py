@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llmtrain.operator import api, resources  # noqa: E402
+from llmtrain.operator import api, layout, manifests  # noqa: E402
 from tests.controlplane import cluster as cp  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 def per_job(created: dict[str, float], seen: dict[str, float], workers: int) -> list[float]:
     out = []
     for job, t0 in created.items():
-        pods = [seen.get(resources.pod_name(job, "sft", 1, r)) for r in range(workers)]
+        pods = [seen.get(layout.pod_name(job, "sft", 1, r)) for r in range(workers)]
         if all(t is not None for t in pods):
             out.append(max(t for t in pods if t is not None) - t0)
     return out
@@ -200,11 +200,11 @@ def run_baseline_round(c: Any, core: Any, n: int, workers: int, threads: int) ->
         job = api.parse_job(job_body(name, ns, workers))
         t0 = time.monotonic()
         created[name] = t0
-        for obj in resources.build_stage_objects(job, "sft", 1):
+        for obj in manifests.build_stage_objects(job, "sft", 1):
             kind = obj["kind"]
             # Not ours to reconcile: the operator round must not see these pods.
             obj["metadata"]["labels"]["bench.llmtrain.io/job"] = obj["metadata"]["labels"].pop(
-                resources.LABEL_JOB)
+                layout.LABEL_JOB)
             fn = {"ConfigMap": core.create_namespaced_config_map,
                   "Service": core.create_namespaced_service,
                   "Pod": core.create_namespaced_pod}[kind]

@@ -23,13 +23,12 @@ exponential backoff, until `runPolicy.backoffLimit`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from llmtrain.operator import api, resources
-from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, Progress, StageStatus
+from llmtrain.operator import api, layout, progress
+from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, StageStatus
+from llmtrain.operator.progress import PodView
 from llmtrain.trainer.contract import retryable
 
 # Condition types (metav1.Condition.type).
@@ -86,91 +85,6 @@ def fmt_time(t: datetime) -> str:
 
 def parse_time(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s) if s else None
-
-
-@dataclass(frozen=True)
-class PodView:
-    """What the state machine needs to know about one pod of the job."""
-
-    name: str
-    stage: str
-    attempt: int
-    rank: int
-    phase: str = "Pending"
-    exit_code: int | None = None
-    reason: str | None = None
-    disruption: str | None = None
-    deleting: bool = False
-    ip: str | None = None
-    owner_uid: str | None = None  # the controlling ownerReference's uid
-    finished_at: str | None = None  # when the trainer container terminated
-    # Why a Pending pod does not start: (reason, message) from the scheduler or the kubelet.
-    waiting: tuple[str, str] | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
-    @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
-        """From a Pod manifest; None when it does not carry our labels."""
-        meta = pod.get("metadata") or {}
-        lbl = meta.get("labels") or {}
-        try:
-            attempt, rank = int(lbl[resources.LABEL_ATTEMPT]), int(lbl[resources.LABEL_RANK])
-            stage = lbl[resources.LABEL_STAGE]
-        except (KeyError, ValueError):
-            return None
-        status = pod.get("status") or {}
-        exit_code, reason, finished_at = None, status.get("reason"), None
-        for cs in status.get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated")
-            if cs.get("name") == resources.CONTAINER and term:
-                exit_code = term.get("exitCode")
-                reason = reason or term.get("reason")
-                finished_at = term.get("finishedAt")
-        conditions = {c.get("type"): c for c in status.get("conditions") or []}
-        disruption = conditions.get("DisruptionTarget") or {}
-        owner = next(
-            (o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")),
-            None,
-        )
-        return cls(
-            name=meta.get("name", ""),
-            stage=stage,
-            attempt=attempt,
-            rank=rank,
-            phase=status.get("phase") or "Pending",
-            exit_code=exit_code,
-            reason=reason,
-            disruption=disruption.get("reason") if disruption.get("status") == "True" else None,
-            deleting=bool(meta.get("deletionTimestamp")),
-            ip=status.get("podIP"),
-            owner_uid=owner,
-            finished_at=finished_at,
-            waiting=_waiting(status, conditions.get("PodScheduled") or {}),
-        )
-
-
-# Waiting reasons of a container that is on its way (not worth a condition).
-_STARTING = {"ContainerCreating", "PodInitializing"}
-
-
-def _waiting(status: Mapping[str, Any], scheduled: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(reason, message) while a pod cannot start: the scheduler's verdict, or a container
-    the kubelet cannot start (ErrImagePull, CreateContainerConfigError, ...)."""
-    if status.get("phase", "Pending") != "Pending":
-        return None
-    if scheduled.get("status") == "False" and scheduled.get("reason"):
-        return str(scheduled["reason"]), str(scheduled.get("message") or "")
-    for cs in [
-        *(status.get("initContainerStatuses") or []),
-        *(status.get("containerStatuses") or []),
-    ]:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") and waiting["reason"] not in _STARTING:
-            return str(waiting["reason"]), f"{cs.get('name')}: {waiting.get('message') or ''}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -396,7 +310,7 @@ def _start_attempt(
     cur.attempt, cur.phase = attempt, Phase.Pending
     cur.start_time = cur.start_time or fmt_time(now)
     cur.last_progress_time, cur.message, cur.retry_after = None, None, None
-    first = resources.stage_index(job, cur.name) == 0 and attempt == 1
+    first = layout.stage_index(job, cur.name) == 0 and attempt == 1
     if st.phase != Phase.Restarting:  # a retry stays Restarting until its gang runs
         phase = Phase.Pending if first else Phase.Initializing
         _set_phase(st, phase, REASON_STAGE_STARTED, f"stage {cur.name} attempt {attempt}", now)
@@ -589,12 +503,12 @@ def _stage_succeeded(
 ) -> None:
     cur.phase, cur.message = Phase.Succeeded, None
     cur.completion_time = fmt_time(now)
-    cur.output = resources.stage_output(job, cur.name)
+    cur.output = layout.stage_output(job, cur.name)
     if cur.progress.total_steps:
         cur.progress.step = cur.progress.total_steps
         st.progress = f"{cur.progress.step}/{cur.progress.total_steps}"
     started = parse_time(cur.start_time)
-    index = resources.stage_index(job, cur.name)
+    index = layout.stage_index(job, cur.name)
     stage_type = job.spec.stages[index].type
     if started:
         d.stage_durations.append((str(stage_type), (now - started).total_seconds()))
@@ -694,19 +608,6 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
 
 # ---- progress ----------------------------------------------------------------------------
 
-_PROGRESS_FIELDS = {
-    "llmtrain_train_loss": "loss",
-    "llmtrain_eval_loss": "eval_loss",
-    "llmtrain_tokens_per_second": "tokens_per_second",
-    "llmtrain_eta_seconds": "eta_seconds",
-    "llmtrain_epoch": "epoch",
-}
-
-
-def _num(x: float) -> float:
-    """Six significant digits: enough for a status, and it keeps writes from churning."""
-    return float(f"{x:.6g}")
-
 
 def _progress(
     job: api.LLMTrainingJob,
@@ -742,22 +643,15 @@ def _progress(
             now,
         )
         cur.last_progress_time = fmt_time(now)
-    v = {k: _num(x) for k, x in scrape.values.items() if math.isfinite(x)}
-    step = int(v.get("llmtrain_train_step", cur.progress.step))
-    total = int(v.get("llmtrain_train_total_steps", cur.progress.total_steps))
-    fields: dict[str, Any] = {"step": step, "total_steps": total}
-    for metric, name in _PROGRESS_FIELDS.items():
-        fields[name] = v.get(metric, getattr(cur.progress, name))
-    if step != cur.progress.step:
+    new, cur.metrics, ckpt = progress.fold(cur.progress, scrape.values)
+    if new.step != cur.progress.step:
         cur.last_progress_time = fmt_time(now)
-    cur.progress = Progress(**fields)
-    cur.metrics = {k.removeprefix("llmtrain_"): x for k, x in sorted(v.items())}
-    ckpt = int(v.get("llmtrain_checkpoint_step", 0))
+    cur.progress = new
     if ckpt > 0:
-        out = resources.stage_config(job, cur.name).output_dir
+        out = layout.stage_config(job, cur.name).output_dir
         cur.last_checkpoint = f"{out}/checkpoints/checkpoint-{ckpt}"
-    st.progress = f"{step}/{total}"
-    st.loss = cur.progress.loss
+    st.progress = f"{new.step}/{new.total_steps}"
+    st.loss = new.loss
     return _stalled(job, cur, now)
 
 

@@ -12,13 +12,14 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
 import typer
 import yaml
 
-from llmtrain.operator.cli import app
+from llmtrain.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "llmtrain"
@@ -92,8 +93,23 @@ def test_every_copy_source_exists_and_is_in_the_build_context(dockerfile: Path) 
             continue  # from another stage or image
         sources = [p for p in parts if not p.startswith("--")][:-1]
         for src in sources:
+            if src == ".":
+                continue  # the whole context: test_the_build_context_holds_the_whole_package
             assert (REPO / src).exists(), f"{dockerfile.name}: COPY {src}: no such path"
             assert dockerignore_allows(src.rstrip("/")), f".dockerignore excludes {src}"
+
+
+def test_the_build_context_holds_the_whole_package() -> None:
+    """`COPY . ./` brings what .dockerignore lets through: every package directory the wheel
+    is built from (a new one, say cli/, must be let through too) and the readme."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dirs = set(project["tool"]["setuptools"]["package-dir"].values())
+    wanted = {d.split("/")[0] for d in dirs} | {project["project"]["readme"], "pyproject.toml",
+                                                "constraints.txt"}
+    for path in sorted(wanted):
+        assert dockerignore_allows(path), f".dockerignore leaves {path} out of the image"
+    for path in ("tests", ".venv", ".git", "runs", "operator/__pycache__"):
+        assert not dockerignore_allows(path), f".dockerignore lets {path} into the image"
 
 
 @pytest.mark.parametrize("dockerfile", [OPERATOR, TRAINER], ids=lambda p: p.name)
@@ -150,10 +166,10 @@ def test_chart_default_images_are_the_ones_the_dockerfiles_build() -> None:
 
 
 def test_trainer_uid_is_the_one_the_operator_runs_pods_as() -> None:
-    from llmtrain.operator import resources
+    from llmtrain.operator import layout
 
     users = [a for w, a in instructions(TRAINER) if w == "USER"]
-    assert users[-1].split(":")[0] == str(resources.RUN_AS_USER)
+    assert users[-1].split(":")[0] == str(layout.RUN_AS_USER)
 
 
 def test_operator_image_defaults_to_python_slim() -> None:
@@ -180,7 +196,7 @@ def test_dependencies_are_a_layer_before_the_sources(dockerfile: Path) -> None:
     the same pins, not an editable install or a copy of the tree."""
     steps = [(w, a) for w, a in instructions(dockerfile) if w in ("COPY", "RUN")]
     first_source = next(i for i, (w, a) in enumerate(steps)
-                        if w == "COPY" and a.split()[0] in ("operator/", "README.md"))
+                        if w == "COPY" and a.split()[0] in (".", "operator/", "README.md"))
     deps = [a for w, a in steps[:first_source] if w == "RUN" and "-r pyproject.toml" in a]
     assert deps and "-c constraints.txt" in deps[0], steps
     copied = [a.split()[:-1] for w, a in steps[:first_source]

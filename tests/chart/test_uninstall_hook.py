@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import typer
 
+from llmtrain.cli.main import app
 from llmtrain.operator import uninstall
-from llmtrain.operator.cli import app
 from llmtrain.operator.handlers import FINALIZER
 from tests.chart.chart import NAMESPACE, find, find_all, render
 from tests.chart.test_chart_render import rules_of

@@ -5,7 +5,7 @@ prerequisites its header lists, and the header lists exactly what its pods need.
 
 The header names each prerequisite on a line of its own, `#   - <Kind> <name>` (a Secret
 also `with key <key>`), or says `Prerequisites: none`. What the pods need is read from the
-pods the operator would build for each stage (resources.build_stage_objects): claims,
+pods the operator would build for each stage (manifests.build_stage_objects): claims,
 Secrets (volumes, env, envFrom, image pull), the PriorityClass, a ServiceAccount other than
 `default`. The apply is a real create on the test control plane with the CRD installed; the
 pods are then created as a server-side dry run, which fails if, say, the PriorityClass the
@@ -59,7 +59,7 @@ def prerequisites(path: Path) -> set[Ref]:
 
 def build_pods(path: Path, namespace: str) -> list[dict[str, Any]]:
     """The pods of every stage's first attempt, as the operator builds them."""
-    from llmtrain.operator import api, resources
+    from llmtrain.operator import api, layout, manifests
 
     doc = yaml.safe_load(path.read_text())
     assert "namespace" not in doc["metadata"], f"{path.name} must not name a namespace"
@@ -67,7 +67,7 @@ def build_pods(path: Path, namespace: str) -> list[dict[str, Any]]:
     job = api.parse_job(doc)
     pods = []
     for stage in job.spec.stages:
-        objs = resources.build_stage_objects(job, stage.name, 1, resources.JobDefaults())
+        objs = manifests.build_stage_objects(job, stage.name, 1, layout.JobDefaults())
         pods += [o for o in objs if o["kind"] == "Pod"]
     return pods
 

@@ -63,7 +63,7 @@ def test_missing_file_is_a_clean_error(tmp_path) -> None:
 def test_version_and_help_on_every_command() -> None:
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("llmtrain 0.")
-    from llmtrain.operator.cli import app
+    from llmtrain.cli.main import app
 
     names = [c.name or c.callback.__name__ for c in app.registered_commands]
     assert {"validate", "crd"} <= set(names)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from llmtrain.operator import cli, crd
+from llmtrain.cli import main as cli
+from llmtrain.operator import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 

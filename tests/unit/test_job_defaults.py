@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from llmtrain.operator import api, handlers, kube, resources, state
+from llmtrain.operator import api, kube, layout, manifests, progress, reconcile
 from llmtrain.operator.metrics import OperatorMetrics
 from llmtrain.trainer.config import StageConfig
 
@@ -35,7 +35,7 @@ DOC: dict[str, Any] = {
         "resources": {"workers": 2, "gpusPerWorker": 1},
     },
 }
-SET = resources.JobDefaults(pvc="shared", metrics_port=9600, service_account="llm-worker")
+SET = layout.JobDefaults(pvc="shared", metrics_port=9600, service_account="llm-worker")
 
 
 def make(**spec: Any) -> api.LLMTrainingJob:
@@ -74,28 +74,28 @@ def test_default_pvc_mounts_as_if_the_job_named_the_claim() -> None:
         plain = make(storage=spec_storage) if spec_storage else make()
         named = make(storage={**spec_storage, "pvc": {"claimName": "shared"}})
         for rank in (0, 1):
-            got = resources.build_worker_pod(plain, "sft", 1, rank, SET)
-            assert got == resources.build_worker_pod(named, "sft", 1, rank, SET)
-    vol, mount = storage(resources.build_worker_pod(make(), "sft", 1, 1, SET))
+            got = manifests.build_worker_pod(plain, "sft", 1, rank, SET)
+            assert got == manifests.build_worker_pod(named, "sft", 1, rank, SET)
+    vol, mount = storage(manifests.build_worker_pod(make(), "sft", 1, 1, SET))
     assert vol == {"name": "storage", "persistentVolumeClaim": {"claimName": "shared"}}
     assert mount == {"name": "storage", "mountPath": "/storage"}
 
 
 def test_a_job_with_its_own_storage_keeps_it() -> None:
     own = make(storage={"pvc": {"claimName": "mine", "subPath": "runs"}})
-    vol, mount = storage(resources.build_worker_pod(own, "sft", 1, 0, SET))
+    vol, mount = storage(manifests.build_worker_pod(own, "sft", 1, 0, SET))
     assert vol["persistentVolumeClaim"] == {"claimName": "mine"}
     assert mount["subPath"] == "runs"
     # An object store needs no shared volume: scratch space, no default claim.
     s3 = make(storage={"objectStore": {"uri": "s3://bucket/llm"}})
-    assert storage(resources.build_worker_pod(s3, "sft", 1, 0, SET))[0] == {
+    assert storage(manifests.build_worker_pod(s3, "sft", 1, 0, SET))[0] == {
         "name": "storage",
         "emptyDir": {},
     }
 
 
 def test_without_a_default_pvc_outputs_stay_in_the_pod() -> None:
-    vol, _ = storage(resources.build_worker_pod(make(), "sft", 1, 0))
+    vol, _ = storage(manifests.build_worker_pod(make(), "sft", 1, 0))
     assert vol == {"name": "storage", "emptyDir": {}}
 
 
@@ -103,9 +103,9 @@ def test_without_a_default_pvc_outputs_stay_in_the_pod() -> None:
 
 
 def test_default_metrics_port_is_used_everywhere_the_port_appears() -> None:
-    objs = resources.build_stage_objects(make(), "sft", 1, SET)
+    objs = manifests.build_stage_objects(make(), "sft", 1, SET)
     assert metrics_ports(objs) == {"stage config": 9600, "service": (9600, 9600), "container": 9600}
-    plain = resources.build_stage_objects(make(), "sft", 1)
+    plain = manifests.build_stage_objects(make(), "sft", 1)
     assert metrics_ports(plain) == {
         "stage config": 9400,
         "service": (9400, 9400),
@@ -116,7 +116,7 @@ def test_default_metrics_port_is_used_everywhere_the_port_appears() -> None:
 def test_a_job_with_its_own_metrics_port_keeps_it() -> None:
     # 9400 too: a job that asks for the built-in default by name keeps it.
     for port in (9500, 9400):
-        objs = resources.build_stage_objects(make(monitoring={"metricsPort": port}), "sft", 1, SET)
+        objs = manifests.build_stage_objects(make(monitoring={"metricsPort": port}), "sft", 1, SET)
         assert metrics_ports(objs) == {
             "stage config": port,
             "service": (port, port),
@@ -131,18 +131,18 @@ def test_the_operator_scrapes_the_port_the_driver_serves(monkeypatch) -> None:
         asked.append(port)
         return {"llmtrain_train_step": 1.0}, None
 
-    monkeypatch.setattr(handlers.progress, "scrape", scrape)
-    ctx = handlers.Context(
-        options=handlers.Options(job_defaults=SET),
+    monkeypatch.setattr(reconcile.progress, "scrape", scrape)
+    ctx = reconcile.Context(
+        options=reconcile.Options(job_defaults=SET),
         kube=None,  # unused
         metrics=OperatorMetrics(),
     )
-    head = state.PodView("chat-sft-a1-0", "sft", 1, 0, phase="Running", ip="10.0.0.5")
+    head = progress.PodView("chat-sft-a1-0", "sft", 1, 0, phase="Running", ip="10.0.0.5")
     for job, port in ((make(), 9600), (make(monitoring={"metricsPort": 9500}), 9500)):
         job.status = api.LLMTrainingJobStatus(
             current_stage="sft", stages=[api.StageStatus(name="sft", phase="Running", attempt=1)]
         )
-        assert asyncio.run(handlers._scrape(ctx, job, [head])) is not None
+        assert asyncio.run(reconcile._scrape(ctx, job, [head])) is not None
         assert asked.pop() == port
 
 
@@ -150,10 +150,10 @@ def test_the_operator_scrapes_the_port_the_driver_serves(monkeypatch) -> None:
 
 
 def test_worker_pods_run_as_the_configured_service_account() -> None:
-    for pod in resources.build_stage_objects(make(), "sft", 1, SET)[2:]:
+    for pod in manifests.build_stage_objects(make(), "sft", 1, SET)[2:]:
         assert pod["spec"]["serviceAccountName"] == "llm-worker"
         assert pod["spec"]["automountServiceAccountToken"] is False
-    for pod in resources.build_stage_objects(make(), "sft", 1)[2:]:
+    for pod in manifests.build_stage_objects(make(), "sft", 1)[2:]:
         assert pod["spec"]["serviceAccountName"] == "default"  # exists in every namespace
     # A job cannot pick its own: that would be a way to run as any account in the namespace.
     doc = copy.deepcopy(DOC)
@@ -224,10 +224,10 @@ def test_a_missing_account_message_says_where_to_create_it() -> None:
         'pods "chat-sft-a1-0" is forbidden: error looking up service account '
         'ml/llm-worker: serviceaccount "llm-worker" not found'
     ] * 2
-    msg = handlers.refusal_message(make(), "sft", 1, refused, SET)
+    msg = reconcile.refusal_message(make(), "sft", 1, refused, SET)
     assert msg.startswith('stage sft attempt 1: pods "chat-sft-a1-0" is forbidden')
     assert "(and 1 more)" in msg and "create it in namespace 'ml'" in msg
-    other = handlers.refusal_message(make(), "sft", 1, ["quota exceeded"], SET)
+    other = reconcile.refusal_message(make(), "sft", 1, ["quota exceeded"], SET)
     assert other == "stage sft attempt 1: quota exceeded"
 
 
@@ -236,8 +236,8 @@ def test_a_missing_account_message_says_where_to_create_it() -> None:
 )
 def test_only_refusals_for_good_are_reported(status: int, reported: bool) -> None:
     e = ApiException(status=status, reason="X", body=json.dumps({"message": "no"}))
-    assert handlers._refusal(e) == ("no" if reported else "")
-    assert handlers._refusal(ApiException(status=403, reason="Forbidden")) == "403 Forbidden"
+    assert reconcile._refusal(e) == ("no" if reported else "")
+    assert reconcile._refusal(ApiException(status=403, reason="Forbidden")) == "403 Forbidden"
 
 
 def test_a_terminating_namespace_is_not_a_refusal() -> None:

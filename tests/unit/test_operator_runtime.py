@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from llmtrain.operator import api, handlers, progress
+from llmtrain.operator import api, progress, reconcile
 from llmtrain.operator.metrics import OperatorMetrics
 
 DRIVER = """\
@@ -64,14 +64,14 @@ def test_operator_metrics_use_the_contract_names() -> None:
 
 def test_status_patch_nulls_what_is_unset() -> None:
     st = api.LLMTrainingJobStatus(phase=api.Phase.Running, current_stage="sft")
-    patch = handlers.status_patch(st)
+    patch = reconcile.status_patch(st)
     assert patch["phase"] == "Running" and patch["currentStage"] == "sft"
     assert patch["completionTime"] is None and patch["loss"] is None  # removed by merge patch
     assert "startTime" in patch and "lastTransitionTime" not in patch
 
 
 def test_slot_awaits_the_echo_of_its_own_write() -> None:
-    slot = handlers._Slot()
+    slot = reconcile.JobCache()
 
     def body(rv: str) -> dict[str, object]:
         return {"metadata": {"resourceVersion": rv}}

@@ -46,7 +46,7 @@ def test_operator_package_imports_without_torch_or_ray(root) -> None:
         + "".join(f"import llmtrain.operator.{m}\n" for m in mods)
         + (
             "assert not any(m.split('.')[0] in ('torch', 'ray') for m in sys.modules)\n"
-            "from llmtrain.operator.cli import main\n"
+            "from llmtrain.cli.main import main\n"
             "main(['validate', 'examples/quickstart.yaml'])\n"
         )
     )
@@ -77,6 +77,6 @@ def test_wheel_maps_folders_under_llmtrain(root, tmp_path) -> None:
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert (
         entry
-        and "llmtrain = llmtrain.operator.cli:main"
+        and "llmtrain = llmtrain.cli.main:main"
         in zipfile.ZipFile(wheel).read(entry[0]).decode()
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmtrain.operator.handlers import RECREATE
+from llmtrain.operator.reconcile import RECREATE
 from tests.cluster.operator_tests.harness import Harness, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

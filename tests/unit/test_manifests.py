@@ -1,6 +1,6 @@
 """The pure builders, field by field, plus golden YAML for whole stage attempts.
 
-UPDATE_GOLDEN=1 pytest tests/unit/test_resources.py     # rewrite tests/golden/*.yaml
+UPDATE_GOLDEN=1 pytest tests/unit/test_manifests.py     # rewrite tests/golden/*.yaml
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import yaml
 
-from llmtrain.operator import api, resources
+from llmtrain.operator import api, layout, manifests
 from llmtrain.trainer.config import StageConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
 UID = "0b6c1f6e-6d7a-4f43-9a53-1c7a8e9d2f10"
 IMAGE = "registry.example/llmtrain/trainer:test"
-DEFAULTS = resources.JobDefaults(image=IMAGE)
+DEFAULTS = layout.JobDefaults(image=IMAGE)
 
 BASE: dict[str, Any] = {
     "apiVersion": "llmtrain.io/v1alpha1",
@@ -71,7 +71,7 @@ def env(pod: dict[str, Any]) -> dict[str, Any]:
 
 def test_names_are_deterministic_and_include_the_attempt() -> None:
     job = make()
-    objs = resources.build_stage_objects(job, "sft", 2, DEFAULTS)
+    objs = manifests.build_stage_objects(job, "sft", 2, DEFAULTS)
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("ConfigMap", "chat-sft-a2"),
         ("Service", "chat-sft-a2"),
@@ -79,7 +79,7 @@ def test_names_are_deterministic_and_include_the_attempt() -> None:
         ("Pod", "chat-sft-a2-1"),
         ("Pod", "chat-sft-a2-2"),
     ]
-    assert objs == resources.build_stage_objects(job, "sft", 2, DEFAULTS)
+    assert objs == manifests.build_stage_objects(job, "sft", 2, DEFAULTS)
 
 
 def test_long_names_stay_dns_labels() -> None:
@@ -87,13 +87,13 @@ def test_long_names_stay_dns_labels() -> None:
     doc["metadata"]["name"] = "j" * 40
     doc["spec"]["stages"][0]["name"] = "9" + "s" * 39
     job = api.parse_job(doc)
-    pod = resources.build_worker_pod(job, "9" + "s" * 39, 12, 2)
-    svc = resources.build_service(job, "9" + "s" * 39, 12)
+    pod = manifests.build_worker_pod(job, "9" + "s" * 39, 12, 2)
+    svc = manifests.build_service(job, "9" + "s" * 39, 12)
     for name in (pod["metadata"]["name"], pod["spec"]["hostname"], svc["metadata"]["name"]):
         assert len(name) <= 63 and name[-1].isalnum()
     assert pod["spec"]["subdomain"] == svc["metadata"]["name"]
-    assert resources.pod_name("1abc", "s", 1, 0) == "1abc-s-a1-0"
-    assert resources.attempt_name("1abc", "s", 1) == "x1abc-s-a1"  # Services start with a letter
+    assert layout.pod_name("1abc", "s", 1, 0) == "1abc-s-a1-0"
+    assert layout.attempt_name("1abc", "s", 1) == "x1abc-s-a1"  # Services start with a letter
 
 
 def test_labels_owner_and_roles() -> None:
@@ -104,7 +104,7 @@ def test_labels_owner_and_roles() -> None:
             "annotations": {"team": "nlp"},
         }
     )
-    head, worker = (resources.build_worker_pod(job, "sft", 1, r) for r in (0, 1))
+    head, worker = (manifests.build_worker_pod(job, "sft", 1, r) for r in (0, 1))
     assert head["metadata"]["labels"] == {
         "kueue.x-k8s.io/queue-name": "gpu",
         "app.kubernetes.io/name": "llmtrain",
@@ -134,7 +134,7 @@ def test_labels_owner_and_roles() -> None:
 def test_without_a_uid_there_is_no_owner_reference() -> None:
     doc = copy.deepcopy(BASE)
     del doc["metadata"]["uid"]
-    objs = resources.build_stage_objects(api.parse_job(doc), "sft", 1)
+    objs = manifests.build_stage_objects(api.parse_job(doc), "sft", 1)
     assert all("ownerReferences" not in o["metadata"] for o in objs)
 
 
@@ -144,10 +144,10 @@ def test_without_a_uid_there_is_no_owner_reference() -> None:
 def test_config_map_holds_the_resolved_stage_config() -> None:
     job = make()
     first = StageConfig.model_validate_json(
-        resources.build_config_map(job, "sft", 1)["data"]["stage.json"]
+        manifests.build_config_map(job, "sft", 1)["data"]["stage.json"]
     )
     second = StageConfig.model_validate_json(
-        resources.build_config_map(job, "dpo", 3)["data"]["stage.json"]
+        manifests.build_config_map(job, "dpo", 3)["data"]["stage.json"]
     )
     assert first.output_dir == "/storage/chat/sft"
     assert first.input_model == "org/base"
@@ -159,14 +159,14 @@ def test_config_map_holds_the_resolved_stage_config() -> None:
 
 def test_cpu_only_pods_count_one_ray_worker_each() -> None:
     job = make(resources={"workers": 2, "gpusPerWorker": 0})
-    cfg = json.loads(resources.build_config_map(job, "sft", 1)["data"]["stage.json"])
+    cfg = json.loads(manifests.build_config_map(job, "sft", 1)["data"]["stage.json"])
     assert cfg["workers"] == 2
-    limits = resources.build_worker_pod(job, "sft", 1, 0)["spec"]["containers"][0]["resources"]
+    limits = manifests.build_worker_pod(job, "sft", 1, 0)["spec"]["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in limits["limits"] and "nvidia.com/gpu" not in limits["requests"]
 
 
 def test_headless_service_selects_the_attempt() -> None:
-    svc = resources.build_service(make(), "sft", 2)
+    svc = manifests.build_service(make(), "sft", 2)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"] == {
@@ -185,7 +185,7 @@ def test_headless_service_selects_the_attempt() -> None:
 
 def test_rank_zero_is_head_and_driver_others_join() -> None:
     job = make()
-    head, worker = (resources.build_worker_pod(job, "sft", 1, r, DEFAULTS) for r in (0, 1))
+    head, worker = (manifests.build_worker_pod(job, "sft", 1, r, DEFAULTS) for r in (0, 1))
     head_cmd = head["spec"]["containers"][0]["command"][-1]
     worker_cmd = worker["spec"]["containers"][0]["command"][-1]
     assert "ray start --head --port=6379" in head_cmd
@@ -202,7 +202,7 @@ def test_rank_zero_is_head_and_driver_others_join() -> None:
 
 
 def test_environment_follows_the_contract() -> None:
-    e = env(resources.build_worker_pod(make(), "dpo", 3, 2, DEFAULTS))
+    e = env(manifests.build_worker_pod(make(), "dpo", 3, 2, DEFAULTS))
     assert {
         k: e[k]
         for k in (
@@ -227,7 +227,7 @@ def test_environment_follows_the_contract() -> None:
 
 
 def test_resources_volumes_and_mounts() -> None:
-    pod = resources.build_worker_pod(make(), "sft", 1, 1, DEFAULTS)
+    pod = manifests.build_worker_pod(make(), "sft", 1, 1, DEFAULTS)
     c = pod["spec"]["containers"][0]
     assert c["image"] == IMAGE
     assert c["resources"] == {
@@ -255,7 +255,7 @@ def test_object_store_uses_scratch_and_secret_credentials() -> None:
             }
         }
     )
-    pod = resources.build_worker_pod(job, "sft", 1, 0)
+    pod = manifests.build_worker_pod(job, "sft", 1, 0)
     e = env(pod)
     assert e["LLMTRAIN_OBJECT_STORE_URI"] == "s3://bucket/llm"
     assert e["AWS_ENDPOINT_URL"] == "http://minio:9000"
@@ -263,12 +263,12 @@ def test_object_store_uses_scratch_and_secret_credentials() -> None:
     assert e["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "secret"}}
     storage = next(v for v in pod["spec"]["volumes"] if v["name"] == "storage")
     assert storage == {"name": "storage", "emptyDir": {}}
-    assert resources.stage_output(job, "sft") == "s3://bucket/llm/chat/sft/final"
-    assert resources.stage_output(make(), "sft") == "/storage/chat/sft/final"
+    assert layout.stage_output(job, "sft") == "s3://bucket/llm/chat/sft/final"
+    assert layout.stage_output(make(), "sft") == "/storage/chat/sft/final"
 
 
 def test_restricted_pod_security() -> None:
-    pod = resources.build_worker_pod(make(), "sft", 1, 0)
+    pod = manifests.build_worker_pod(make(), "sft", 1, 0)
     psc = pod["spec"]["securityContext"]
     csc = pod["spec"]["containers"][0]["securityContext"]
     assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
@@ -311,7 +311,7 @@ def test_scheduling_fields_pass_through() -> None:
             ],
         }
     )
-    pod = resources.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
+    pod = manifests.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
     spec = pod["spec"]
     assert spec["containers"][0]["image"] == "own/image:1"  # the job's image wins
     assert spec["containers"][0]["imagePullPolicy"] == "Always"
@@ -359,7 +359,7 @@ TEMPLATE = {
 
 def test_pod_template_adds_to_the_pod_and_keeps_our_identity() -> None:
     job = make(resources={**BASE["spec"]["resources"], "podTemplate": TEMPLATE})
-    pod = resources.build_worker_pod(job, "sft", 1, 0, DEFAULTS)
+    pod = manifests.build_worker_pod(job, "sft", 1, 0, DEFAULTS)
     spec = pod["spec"]
     assert pod["metadata"]["labels"]["extra"] == "yes"
     assert pod["metadata"]["labels"]["llmtrain.io/rank"] == "0"
@@ -380,7 +380,7 @@ def test_pod_template_adds_to_the_pod_and_keeps_our_identity() -> None:
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert spec["runtimeClassName"] == "nvidia"
     for c in [*spec["containers"], *spec["initContainers"]]:  # sidecars too: restricted
-        assert c["securityContext"] == resources.CONTAINER_SECURITY, c["name"]
+        assert c["securityContext"] == manifests.CONTAINER_SECURITY, c["name"]
     assert spec["serviceAccountName"] == "default" and spec["automountServiceAccountToken"] is False
 
 
@@ -393,8 +393,8 @@ def test_a_pod_template_without_metadata_keeps_the_owner_reference() -> None:
             "podTemplate": {"spec": {"runtimeClassName": "nvidia"}},
         }
     )
-    pod = resources.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
-    assert pod["metadata"]["ownerReferences"] == [resources.owner_reference(job)]
+    pod = manifests.build_worker_pod(job, "sft", 1, 1, DEFAULTS)
+    assert pod["metadata"]["ownerReferences"] == [layout.owner_reference(job)]
 
 
 @pytest.mark.parametrize(
@@ -473,7 +473,7 @@ GOLDEN_CASES = {
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_golden(case: str) -> None:
     job, stage, attempt = GOLDEN_CASES[case]()
-    text = resources.to_yaml(resources.build_stage_objects(job, stage, attempt, DEFAULTS))
+    text = manifests.to_yaml(manifests.build_stage_objects(job, stage, attempt, DEFAULTS))
     path = GOLDEN / f"{case}.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -516,7 +516,7 @@ def test_render_refuses_what_the_operator_would_refuse(root: Path) -> None:
 def test_network_policy_admits_only_the_job_and_the_metrics_readers() -> None:
     prom = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     defaults = dataclasses.replace(DEFAULTS, network_policy=True, metrics_from=(prom,))
-    objs = resources.build_stage_objects(make(), "sft", 2, defaults)
+    objs = manifests.build_stage_objects(make(), "sft", 2, defaults)
     policy = next(o for o in objs if o["kind"] == "NetworkPolicy")
     assert policy["metadata"]["name"] == "chat-sft-a2"
     assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
@@ -533,5 +533,5 @@ def test_network_policy_admits_only_the_job_and_the_metrics_readers() -> None:
     ]
     assert not any(
         o["kind"] == "NetworkPolicy"
-        for o in resources.build_stage_objects(make(), "sft", 2, DEFAULTS)
+        for o in manifests.build_stage_objects(make(), "sft", 2, DEFAULTS)
     )

@@ -23,7 +23,7 @@ from rich.text import Text
 from llmtrain.operator import api
 
 if TYPE_CHECKING:
-    from llmtrain.operator.resources import JobDefaults
+    from llmtrain.operator.layout import JobDefaults
 
 app = typer.Typer(
     name="llmtrain",
@@ -274,7 +274,7 @@ def _job_defaults(
 ) -> JobDefaults:
     import json
 
-    from llmtrain.operator import resources
+    from llmtrain.operator import layout
 
     try:
         peers = json.loads(metrics_from) if metrics_from else []
@@ -282,8 +282,8 @@ def _job_defaults(
         _fail([f"--metrics-from: not JSON: {e}"])
     if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
         _fail(["--metrics-from: expected a JSON list of NetworkPolicyPeer objects"])
-    return resources.JobDefaults(
-        image=image or resources.DEFAULT_TRAINER_IMAGE,
+    return layout.JobDefaults(
+        image=image or layout.DEFAULT_TRAINER_IMAGE,
         pvc=pvc or None,
         metrics_port=metrics_port,
         service_account=service_account or None,
@@ -314,7 +314,7 @@ def render(
 ) -> None:
     """Print the ConfigMap, Service, NetworkPolicy and pods the operator creates for a stage
     (YAML); fails, like the operator would, on a job that cannot run on a cluster."""
-    from llmtrain.operator import resources
+    from llmtrain.operator import layout, manifests
 
     job = load_one(job_file)
     names = [s.name for s in job.spec.stages]
@@ -330,11 +330,11 @@ def render(
         network_policy,
         metrics_from,
     )
-    problems = resources.cluster_problems(job, defaults)
+    problems = layout.cluster_problems(job, defaults)
     if problems:
         _fail([f"{job_file}: {p}" for p in problems])
-    objs = resources.build_stage_objects(job, stage or names[0], attempt, defaults)
-    out.print(resources.to_yaml(objs), end="", markup=False)
+    objs = manifests.build_stage_objects(job, stage or names[0], attempt, defaults)
+    out.print(manifests.to_yaml(objs), end="", markup=False)
 
 
 @app.command()
@@ -425,7 +425,8 @@ def operator(
 
     import kopf
 
-    from llmtrain.operator import handlers, state
+    from llmtrain.operator import main as operator_main
+    from llmtrain.operator import reconcile, state
 
     if namespace and all_namespaces:
         _fail(["--namespace and --all-namespaces exclude each other"])
@@ -444,7 +445,7 @@ def operator(
     if not (verbose or debug):  # one line per handled event is too much for hundreds of jobs
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the probes, every 10 s
-    options = handlers.Options(
+    options = reconcile.Options(
         job_defaults=_job_defaults(
             trainer_image,
             default_pvc,
@@ -463,7 +464,7 @@ def operator(
         scrape_timeout=scrape_timeout,
         namespaces=list(namespace or []),
     )
-    handlers.run(
+    operator_main.run(
         options,
         peering=None if standalone else peering,
         priority=priority,
