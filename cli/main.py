@@ -481,9 +481,9 @@ def worker(
     ],
 ) -> None:
     """Run one training stage on Ray Train: joins RAY_ADDRESS, else starts a local Ray."""
-    from llmtrain.trainer import worker as trainer_worker
+    from llmtrain.trainer import entry
 
-    code, problems = trainer_worker.run_stage(stage_config)
+    code, problems = entry.run_stage(stage_config)
     for line in problems:
         err.print(Text("error ", style="red") + Text(line))
     if code:
@@ -500,9 +500,9 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 means greedy.")] = 0.0,
 ) -> None:
     """Complete a prompt with a trained model: a quick look at what it learned."""
-    from llmtrain.trainer import worker as trainer_worker
+    from llmtrain.trainer import entry
 
-    text, problems = trainer_worker.generate_cli(str(model), prompt, max_new_tokens, temperature)
+    text, problems = entry.generate_cli(str(model), prompt, max_new_tokens, temperature)
     if problems:
         _fail(problems)
     out.print(text, markup=False)
