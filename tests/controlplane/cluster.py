@@ -182,8 +182,7 @@ def _leaf(d: Path, name: str, subj: str, ext: str) -> None:
 def _make_pki(d: Path, extra_sans: Sequence[str] = ()) -> None:
     """A CA, the apiserver's serving cert, client certs per component, the SA key."""
     d.mkdir(parents=True, exist_ok=True)
-    ec = _EC
-    _openssl(*ec, "-out", "ca.key", cwd=d)
+    _openssl(*_EC, "-out", "ca.key", cwd=d)
     _openssl(
         "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=llmtrain-test-ca",
         "-days", "3650", "-out", "ca.crt",
@@ -433,7 +432,7 @@ class Cluster:
         """Run kubectl against this cluster and return stdout; raises KubectlError."""
         argv = [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}",
                 *args]
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+        proc = subprocess.run(self._argv(argv), input=input, capture_output=True, text=True,
                               env=self._env(), timeout=timeout)
         if check and proc.returncode != 0:
             raise KubectlError(args, proc.returncode, proc.stdout, proc.stderr)
@@ -444,8 +443,8 @@ class Cluster:
         env = self._env() | {"KUBECONFIG": str(self.kubeconfig)}
         for kind in ("CACHE", "CONFIG", "DATA"):
             env[f"HELM_{kind}_HOME"] = str(self.workdir / "helm" / kind.lower())
-        proc = subprocess.run([str(self.bin_dir / "helm"), *args], capture_output=True,
-                              text=True, env=env, timeout=timeout)
+        proc = subprocess.run(self._argv([str(self.bin_dir / "helm"), *args]),
+                              capture_output=True, text=True, env=env, timeout=timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"helm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
         return proc.stdout
@@ -524,6 +523,10 @@ class Cluster:
 
     # ---- internals (and the hooks a subclass extends: tests/controlplane/node.py) -----------
 
+    def _argv(self, argv: list[str]) -> list[str]:
+        """How a component, kubectl or helm is run (node.py: inside its network namespace)."""
+        return argv
+
     def _make_pki(self) -> None:
         _make_pki(self.pki)
 
@@ -539,7 +542,7 @@ class Cluster:
         return _http_get(url, insecure)
 
     def _proc(self, name: str, argv: list[str]) -> Process:
-        p = Process(name, argv, self.workdir / "logs" / f"{name}.log")
+        p = Process(name, self._argv(argv), self.workdir / "logs" / f"{name}.log")
         self.procs.append(p)
         return p
 

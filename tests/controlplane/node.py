@@ -243,26 +243,6 @@ class NodeCluster(cp.Cluster):  # type: ignore[misc,name-defined]
                 f"image.pullPolicy={pull_policy}",
                 f"jobDefaults.image.repository={tr_repo}", f"jobDefaults.image.tag={tr_tag}"]
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                kubeconfig: Path | None = None, timeout: float = 60) -> str:
-        argv = [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}",
-                *args]
-        proc = subprocess.run(_ns_argv(argv), input=input, capture_output=True, text=True,
-                              env=self._env(), timeout=timeout)
-        if check and proc.returncode != 0:
-            raise cp.KubectlError(args, proc.returncode, proc.stdout, proc.stderr)
-        return proc.stdout
-
-    def helm(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        env = self._env() | {"KUBECONFIG": str(self.kubeconfig)}
-        for kind in ("CACHE", "CONFIG", "DATA"):
-            env[f"HELM_{kind}_HOME"] = str(self.workdir / "helm" / kind.lower())
-        proc = subprocess.run(_ns_argv([str(self.bin_dir / "helm"), *args]),
-                              capture_output=True, text=True, env=env, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"helm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-        return proc.stdout
-
     def create_pvc(self, namespace: str, name: str = PVC_NAME, size: str = "10Gi") -> Path:
         """A PVC bound to a hostPath PV of its own, writable by any uid; returns its dir.
 
@@ -433,8 +413,8 @@ class NodeCluster(cp.Cluster):  # type: ignore[misc,name-defined]
             "--enable-admission-plugins=NodeRestriction",
         ]
 
-    def _proc(self, name: str, argv: list[str]) -> Any:
-        return super()._proc(name, _ns_argv(argv))
+    def _argv(self, argv: list[str]) -> list[str]:
+        return _ns_argv(argv)  # every component, kubectl and helm: inside the netns
 
     def _http_get(self, url: str, insecure: bool = False) -> bytes:
         assert self._ns is not None

@@ -56,10 +56,13 @@ uv=${UV:-$repo/.venv/bin/uv}
 uv_version=$("$uv" --version | awk '{print $2}')
 
 sha() { sha256sum | cut -c1-12; }
-# The build context as .dockerignore lets it through: sources only, no caches.
+# The build context as .dockerignore lets it through (its `!` lines): sources, no caches.
 context_files() {
-  (cd "$repo" && find pyproject.toml constraints.txt README.md operator trainer \
-    -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort)
+  local p
+  echo .dockerignore
+  sed -n 's#^!\(.*\)#\1#p' "$repo/.dockerignore" | sed 's#/$##' | while read -r p; do
+    [[ -e $repo/$p ]] && (cd "$repo" && find "$p" -type f ! -name '*.pyc' ! -path '*/__pycache__/*')
+  done | LC_ALL=C sort
 }
 context_hash=$(cd "$repo" && context_files | xargs sha256sum | sha)
 base_hash=$(printf '%s\n' "$SUITE" "$MIRROR" "$BASE_PACKAGES" "$RECIPE" | sha)
