@@ -82,7 +82,7 @@ def our_run(
     assets: Path, model_dir: Path, data: Path, out: Path, packing: bool
 ) -> dict[str, float]:
     from llmtrain.trainer import engine
-    from llmtrain.trainer.config import StageConfig
+    from llmtrain.trainer.contract import StageConfig
 
     cfg = StageConfig.model_validate(
         {

@@ -2,6 +2,7 @@
 
     lora = adapters.lora_config(cfg.stage.peft)            # None for full fine-tuning
     model = adapters.apply(model, cfg.stage.peft)          # PeftModel (or the model unchanged)
+    model = adapters.prepare_kbit(model, cfg.stage.peft)   # QLoRA's base only, for TRL to wrap
     adapters.merge(adapter_dir, out_dir, dtype)            # full model that from_pretrained loads
 
 QLoRA = LoRA on a 4-bit NF4 base (see models.quantization_config); the base is prepared with
@@ -46,15 +47,21 @@ def apply(
         return model
     import peft
 
-    if spec.method == PeftMethod.qlora:
-        prepare: Any = peft.prepare_model_for_kbit_training  # untyped in peft
-        model = prepare(
-            model, use_gradient_checkpointing=gradient_checkpointing
-        )
-    model = peft.get_peft_model(model, config)
+    model = peft.get_peft_model(prepare_kbit(model, spec, gradient_checkpointing), config)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("%s: %d trainable of %d parameters", spec.method, trainable, total)
     return model
+
+
+def prepare_kbit(model: Any, spec: PeftSpec, gradient_checkpointing: bool = False) -> Any:
+    """QLoRA's base preparation (other methods: `model` unchanged). `apply` does it; stages
+    that hand their LoraConfig to a TRL trainer (APPLY_PEFT = False) call it themselves."""
+    if spec.method != PeftMethod.qlora:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    prepare: Any = prepare_model_for_kbit_training  # untyped in peft
+    return prepare(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
 def trainable_parameters(model: Any) -> int:

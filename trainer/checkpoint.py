@@ -1,7 +1,8 @@
-"""Checkpoints that count only when complete, and resuming from the newest one.
+"""Checkpoints that count only when complete, resuming from the newest one, and final/.
 
     trainer = checkpoint.make_atomic(trainer, keep=2)    # any HF/TRL Trainer (subclass swap)
     trainer.train(resume_from_checkpoint=checkpoint.latest(ckpt_dir))
+    checkpoint.save_final(ctx, trainer)                  # final/ (and merged/), atomically
 
 Layout (docs/contracts.md §3) under `{stage}/checkpoints/`:
 
@@ -12,7 +13,9 @@ Layout (docs/contracts.md §3) under `{stage}/checkpoints/`:
                                   the folder into place, and deletes all but the newest K
 
 A crash mid-save leaves only `.staging/`, which the next start deletes. The HF Trainer resumes
-the data position itself by skipping the batches already seen in the epoch.
+the data position itself by skipping the batches already seen in the epoch. final/ and merged/
+follow the same rule: written under a temporary name, marked, then renamed. The names are
+the contract's (docs/contracts.md §3). Runs in the Ray Train workers; the driver only cleans.
 """
 
 from __future__ import annotations
@@ -20,17 +23,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-COMPLETE = "COMPLETE"
-STAGING = ".staging"
-# Created in a stage dir on SIGTERM/SIGINT: the workers checkpoint and stop (loop.StopCallback).
-STOP_FILE = ".stop"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
+from llmtrain.trainer import adapters, models
+from llmtrain.trainer.config import PeftMethod
+from llmtrain.trainer.contract import (
+    COMPLETE,
+    FINAL,
+    MERGED,
+    STAGING,
+    checkpoint_name,
+    checkpoint_step,
+)
+
+if TYPE_CHECKING:
+    from llmtrain.trainer.stages import StageContext
 
 
 def complete(root: str | Path) -> list[tuple[int, Path]]:
@@ -40,9 +50,9 @@ def complete(root: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in root.iterdir():
-        m = _NAME.match(p.name)
-        if m and (p / COMPLETE).is_file():
-            found.append((int(m.group(1)), p))
+        step = checkpoint_step(p.name)
+        if step is not None and (p / COMPLETE).is_file():
+            found.append((step, p))
     return sorted(found)
 
 
@@ -61,7 +71,7 @@ def clean(root: str | Path) -> list[Path]:
         removed.append(root / STAGING)
     if root.is_dir():
         for p in root.iterdir():
-            if _NAME.match(p.name) and not (p / COMPLETE).is_file():
+            if checkpoint_step(p.name) is not None and not (p / COMPLETE).is_file():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
@@ -81,7 +91,8 @@ def commit(staged: Path, target: Path, info: dict[str, Any] | None = None) -> Pa
     return target
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every Ray Train worker (a no-op in a single process)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -101,20 +112,43 @@ def make_atomic(trainer: Any, keep: int) -> Any:
 
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             root = Path(self._get_output_dir(trial))
-            name = f"checkpoint-{self.state.global_step}"
+            name = checkpoint_name(self.state.global_step)
             self._llmtrain_staging = True
             try:
                 super()._save_checkpoint(model, trial)
             finally:
                 self._llmtrain_staging = False
-            _barrier()  # every rank has written its shards (DeepSpeed, RNG state)
+            barrier()  # every rank has written its shards (DeepSpeed, RNG state)
             if self.args.process_index == 0:
                 commit(root / STAGING / name, root / name, {"step": self.state.global_step})
                 prune(root, keep)
                 with contextlib.suppress(OSError):  # only when empty: nothing else is staged
                     (root / STAGING).rmdir()
-            _barrier()
+            barrier()
 
     AtomicCheckpoints.__name__ = AtomicCheckpoints.__qualname__ = base.__name__
     trainer.__class__ = AtomicCheckpoints
     return trainer
+
+
+def save_final(ctx: StageContext, trainer: Any) -> dict[str, Any]:
+    """final/ (full model or adapter, plus tokenizer) and, when asked, merged/; atomically.
+    The `save` of most stages; returns the result.json fields it adds."""
+    out = ctx.stage_dir
+    staged, final = out / f".{FINAL}.tmp", out / FINAL
+    trainer.save_model(str(staged))  # every rank: ZeRO-3 gathers the weights
+    result: dict[str, Any] = {"output": str(final)}
+    if ctx.rank == 0:
+        ctx.tokenizer.save_pretrained(str(staged))
+        commit(staged, final, {"step": trainer.state.global_step})
+    barrier()
+    peft = ctx.cfg.stage.peft
+    if peft.merge and peft.method != PeftMethod.none:
+        staged = out / f".{MERGED}.tmp"
+        if ctx.rank == 0:
+            dtype = models.resolve_dtype(ctx.cfg.model.dtype)
+            adapters.merge(final, staged, dtype, ctx.tokenizer)
+            commit(staged, out / MERGED)
+        barrier()
+        result["merged"] = str(out / MERGED)
+    return result

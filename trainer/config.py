@@ -1,17 +1,18 @@
-"""Stage-level configuration shared by the API, the operator and the trainer.
+"""The stage spec blocks shared by the API, the operator and the trainer, and the stage rules.
 
 Pure pydantic with no torch import, so the operator may import it (CONVENTIONS §8).
 The job API (`llmtrain.operator.api`) composes these blocks into `LLMTrainingJob.spec`;
-the operator and the local runner resolve one stage into a `StageConfig` and write it
-as JSON for `llmtrain worker --stage-config FILE`:
+`llmtrain.trainer.contract` resolves one stage into the `StageConfig` that
+`llmtrain worker --stage-config FILE` runs:
 
-    cfg = StageConfig.model_validate_json(path.read_text())
+    spec = StageSpec.model_validate({"name": "sft", "type": "sft", "dataset": {...}})
+    problems = stage_problems(spec)        # what the stage type needs (STAGE_RULES)
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -274,15 +275,24 @@ class GRPOParams(Model):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
 
 
-# The one table of what each stage type needs: the API's validation (Python and CEL) and
-# each stage module's data loading read it.
+class StageRule(NamedTuple):
+    formats: tuple[DataFormat, ...]  # the data formats it trains on
+    block: str | None = None  # its own settings block (StageSpec.dpo/ppo/grpo); no other type's
+    from_model: bool = False  # it trains an existing model, so it needs an input model
+
+
+# The one table of what each stage type needs: the API's validation (Python and CEL) and the
+# driver's start-up checks (`stage_problems`) read it; the stage modules trust it.
+STAGE_RULES: dict[StageType, StageRule] = {
+    StageType.pretrain: StageRule((DataFormat.text,)),
+    StageType.sft: StageRule((DataFormat.prompt_completion, DataFormat.messages, DataFormat.text)),
+    StageType.reward: StageRule((DataFormat.preference,), from_model=True),
+    StageType.dpo: StageRule((DataFormat.preference,), "dpo", from_model=True),
+    StageType.ppo: StageRule((DataFormat.prompt_only,), "ppo", from_model=True),
+    StageType.grpo: StageRule((DataFormat.prompt_only,), "grpo", from_model=True),
+}
 STAGE_FORMATS: dict[StageType, tuple[DataFormat, ...]] = {
-    StageType.pretrain: (DataFormat.text,),
-    StageType.sft: (DataFormat.prompt_completion, DataFormat.messages, DataFormat.text),
-    StageType.reward: (DataFormat.preference,),
-    StageType.dpo: (DataFormat.preference,),
-    StageType.ppo: (DataFormat.prompt_only,),
-    StageType.grpo: (DataFormat.prompt_only,),
+    t: r.formats for t, r in STAGE_RULES.items()
 }
 
 
@@ -370,85 +380,41 @@ class CheckpointSpec(Model):
     keep: int = Field(2, gt=0, description="Keep the newest K complete checkpoints.")
 
 
-class StageConfig(Model):
-    """One stage, fully resolved: the file `llmtrain worker --stage-config` reads."""
+def stage_problems(stage: StageSpec) -> list[tuple[str, str]]:
+    """(field under the stage, message) for each rule of STAGE_RULES that `stage` breaks.
 
-    job: str = Field(description="Job name, used in metric labels.")
-    namespace: str = Field("default", description="Job namespace, used in metric labels.")
-    stage: StageSpec = Field(description="The stage to run.")
-    model: ModelSpec = Field(description="Base model settings (tokenizer, dtype, code trust).")
-    input_model: str | None = Field(
-        None, description="Resolved path or hub id to start from; empty builds `architecture`."
-    )
-    reward_model: str | None = Field(None, description="Resolved reward model path (ppo/grpo).")
-    output_dir: str = Field(description="Stage directory: checkpoints, final model, progress.")
-    workers: int = Field(1, gt=0, description="Ray Train workers (pods x GPUs per pod).")
-    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Backend.")
-    checkpointing: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Saves.")
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Port of the driver's /metrics; empty disables it."
-    )
-
-
-def stage_dir(storage_root: str, job: str, stage: str) -> str:
-    """Where a stage writes everything (docs/contracts.md §3)."""
-    return f"{storage_root.rstrip('/')}/{job}/{stage}"
-
-
-def final_model_dir(storage_root: str, job: str, stage: str) -> str:
-    return f"{stage_dir(storage_root, job, stage)}/final"
-
-
-def resolve_stages(
-    *,
-    job: str,
-    namespace: str,
-    model: ModelSpec,
-    stages: list[StageSpec],
-    storage_root: str,
-    workers: int,
-    distributed: DistributedSpec,
-    checkpointing: CheckpointSpec,
-    metrics_port: int | None,
-) -> list[StageConfig]:
-    """Resolve every stage of a job into the config its worker runs.
-
-    The one place that decides model hand-off, so the operator and the local runner agree:
-    a stage starts from `inputModel` (an earlier stage's `final/` or a path), else from the
-    previous stage's `final/`, else from `spec.model` (a source, or `architecture`).
+    The apiserver's CEL rules and the API's validation refuse such a stage in a job; the
+    driver checks again at start-up, since a stage config file may come from anywhere.
     """
-    out: list[StageConfig] = []
-    for i, st in enumerate(stages):
-        ref = st.input_model
-        if ref is not None and ref.path:
-            input_model: str | None = ref.path
-        elif ref is not None and ref.from_stage:
-            input_model = final_model_dir(storage_root, job, ref.from_stage)
-        elif i > 0:
-            input_model = final_model_dir(storage_root, job, stages[i - 1].name)
-        else:
-            input_model = model.source
-        reward = (st.ppo.reward_model if st.ppo else None) or (
-            st.grpo.reward_model if st.grpo else None
-        )
-        reward_model = None
-        if reward is not None:
-            reward_model = reward.path or final_model_dir(
-                storage_root, job, reward.from_stage or ""
-            )
+    rule = STAGE_RULES[StageType(stage.type)]
+    out = []
+    for block in ("dpo", "ppo", "grpo"):
+        if getattr(stage, block) is not None and block != rule.block:
+            out.append((block, f"only allowed when type is {block}"))
+    if stage.type == StageType.ppo and stage.ppo is None:
+        out.append(("ppo", "required for ppo stages (ppo.rewardModel)"))
+    grpo = stage.grpo
+    if stage.type == StageType.grpo and (
+        grpo is None or (grpo.reward_model is None and not grpo.reward_functions)
+    ):
+        out.append(("grpo", "needs rewardModel or rewardFunctions"))
+    if stage.dataset.format not in rule.formats:
+        need = " or ".join(map(str, rule.formats))
         out.append(
-            StageConfig(
-                job=job,
-                namespace=namespace,
-                stage=st,
-                model=model,
-                input_model=input_model,
-                reward_model=reward_model,
-                output_dir=stage_dir(storage_root, job, st.name),
-                workers=workers,
-                distributed=distributed,
-                checkpointing=checkpointing,
-                metrics_port=metrics_port,
-            )
+            ("dataset.format", f"{stage.type} stages need {need} data, not {stage.dataset.format}")
         )
     return out
+
+
+# transitional: the operator switches to contract (StageConfig and resolve_stages live there)
+if TYPE_CHECKING:
+    from llmtrain.trainer.contract import StageConfig as StageConfig
+    from llmtrain.trainer.contract import resolve_stages as resolve_stages
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name in ("StageConfig", "resolve_stages"):
+            from llmtrain.trainer import contract
+
+            return getattr(contract, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

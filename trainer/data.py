@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.trainer.config import DataFormat, DatasetSpec
+from llmtrain.trainer.contract import hub_token
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ def columns(spec: DatasetSpec) -> dict[str, str]:
     return {f: getattr(spec.columns, f) for f in FIELDS[spec.format]}
 
 
-def _token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
-
-
 def load_raw(spec: DatasetSpec, split: str) -> Any:
     """One split of the source as a `datasets.Dataset`, or a DataError that names the source."""
     import datasets
@@ -117,7 +113,7 @@ def load_raw(spec: DatasetSpec, split: str) -> Any:
             return datasets.load_dataset(str(path), split=split)
         if src.startswith(("/", "./", "../", "~")) or path.suffix.lower() in _BUILDERS:
             raise DataError(f"{src}: no such file or directory")
-        return datasets.load_dataset(src, spec.name, split=split, token=_token())
+        return datasets.load_dataset(src, spec.name, split=split, token=hub_token())
     except DataError:
         raise
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:

@@ -5,7 +5,8 @@
 
 What `run` does, in the driver process:
 1. returns at once if `{stage}/result.json` exists (the stage already succeeded: a retried pod
-   must not train twice); deletes half-written checkpoints (checkpoint.clean);
+   must not train twice); checks what the stage type needs (config.STAGE_RULES); deletes
+   half-written checkpoints (checkpoint.clean);
 2. prepares the data once (stage module's `prepare_data`), logs kept/dropped counts, and saves
    it to `{stage}/prepared/` (reused while the data config is unchanged);
 3. joins Ray at `RAY_ADDRESS`, or starts a local Ray;
@@ -33,9 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.trainer import checkpoint, models, stages
-from llmtrain.trainer.checkpoint import STOP_FILE
-from llmtrain.trainer.config import StageConfig
-from llmtrain.trainer.metrics import Monitor, write_json
+from llmtrain.trainer.config import STAGE_RULES, StageType, stage_problems
+from llmtrain.trainer.contract import (
+    CHECKPOINTS,
+    ENV_HF_TOKEN,
+    ENV_RAY_ADDRESS,
+    FINAL,
+    PREPARED,
+    RESULT,
+    STOP_FILE,
+    StageConfig,
+    localise,
+    read_json,
+    write_json,
+)
+from llmtrain.trainer.metrics import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +95,6 @@ def _stop_on_signals(stop_file: Path) -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
-def absolutize(cfg: StageConfig) -> StageConfig:
-    """Make relative local paths absolute: Ray workers run in another working directory."""
-
-    def fix(value: str | None) -> str | None:
-        if value and not os.path.isabs(value) and os.path.exists(value):
-            return os.path.abspath(value)
-        return value
-
-    data = cfg.model_copy(deep=True)
-    data.output_dir = os.path.abspath(data.output_dir)
-    data.input_model = fix(data.input_model)
-    data.reward_model = fix(data.reward_model)
-    data.model.source = fix(data.model.source)
-    data.model.tokenizer.source = fix(data.model.tokenizer.source)
-    data.stage.dataset.source = fix(data.stage.dataset.source) or data.stage.dataset.source
-    return data
-
-
 def _data_key(cfg: StageConfig) -> str:
     """Changes whenever the prepared data would: the data spec, tokenizer and lengths."""
     src = Path(cfg.stage.dataset.source)
@@ -117,16 +112,14 @@ def _data_key(cfg: StageConfig) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_data(cfg: StageConfig, stage: Any, out: Path) -> dict[str, Any]:
+def prepare_data(cfg: StageConfig, stage: stages.Stage, out: Path) -> dict[str, Any]:
     """Run the stage's `prepare_data` in the driver and save the result for the workers."""
-    prepared = out / "prepared"
+    prepared = out / PREPARED
     key = _data_key(cfg)
-    report_file = prepared / "report.json"
-    if report_file.exists():
-        report = json.loads(report_file.read_text())
-        if report.get("key") == key:
-            log.info("reusing prepared data in %s: %s", prepared, report.get("summary"))
-            return dict(report)
+    report = read_json(prepared / "report.json")
+    if report and report.get("key") == key:
+        log.info("reusing prepared data in %s: %s", prepared, report.get("summary"))
+        return report
     import datasets
 
     datasets.disable_progress_bars()  # one summary line below says what happened
@@ -134,7 +127,7 @@ def prepare_data(cfg: StageConfig, stage: Any, out: Path) -> dict[str, Any]:
     train, evaluation, data_report = stage.prepare_data(cfg, tokenizer)
     summary = data_report.summary()
     log.info("%s", summary)
-    staging = out / ".prepared.tmp"
+    staging = out / f".{PREPARED}.tmp"
     train.save_to_disk(str(staging / "train"))
     if evaluation is not None:
         evaluation.save_to_disk(str(staging / "eval"))
@@ -150,7 +143,7 @@ def connect() -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
+    address = os.environ.get(ENV_RAY_ADDRESS)
     runtime_env = {"worker_process_setup_hook": "llmtrain.trainer.ray_setup.quiet"}
     if address:
         log.info("joining Ray at %s", address)
@@ -168,7 +161,7 @@ def _worker_env(use_gpu: bool) -> dict[str, str]:
     }
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator, gloo collectives
-    for name in ("HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    for name in (ENV_HF_TOKEN, "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if name in os.environ:
             env[name] = os.environ[name]
     return env
@@ -179,23 +172,20 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     import ray
     from ray.util.queue import Queue
 
-    cfg = absolutize(cfg)
+    cfg = localise(cfg)  # Ray workers run in another working directory
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "result.json").exists():
-        log.info("stage %s already finished: %s", cfg.stage.name, out / "result.json")
-        return dict(json.loads((out / "result.json").read_text()))
-    hp = cfg.stage.hyperparameters
-    if hp.early_stopping_patience and not _may_eval(cfg):
-        raise StageError(
-            "earlyStoppingPatience needs evaluation data (evalSplit or evalFraction)",
-            permanent=True,
-        )
+    if (out / RESULT).exists():
+        log.info("stage %s already finished: %s", cfg.stage.name, out / RESULT)
+        return read_json(out / RESULT)
+    problems = _problems(cfg)
+    if problems:
+        raise StageError(f"stage {cfg.stage.name}: {'; '.join(problems)}", permanent=True)
     stage = stages.load(cfg.stage.type)
-    removed = checkpoint.clean(out / "checkpoints")
+    removed = checkpoint.clean(out / CHECKPOINTS)
     if removed:
         log.warning("removed incomplete checkpoints: %s", ", ".join(p.name for p in removed))
-    resume = checkpoint.latest(out / "checkpoints")
+    resume = checkpoint.latest(out / CHECKPOINTS)
     log.info("stage %s (%s): %s", cfg.stage.name, cfg.stage.type,
              f"resuming from {resume.name}" if resume else "starting")  # fmt: skip
     data_report = prepare_data(cfg, stage, out)
@@ -234,17 +224,19 @@ def run(cfg: StageConfig) -> dict[str, Any]:
             f"{monitor.progress['step']}; checkpoint saved, run again to resume",
             signals[0],
         )
+    # The workers' end record carries the stage's numbers (loop._report_end: final and best
+    # loss from the whole log history); the driver's view stands in if that record was lost.
     result = {
-        "output": str(out / "final"),
+        "output": str(out / FINAL),
         "steps": monitor.progress["step"],
         "final_loss": monitor.progress["loss"],
-        "best_loss": monitor.progress["loss"],
+        "best_loss": None,
         **{k: v for k, v in monitor.result.items() if k not in ("time", "pid")},
         "workers": cfg.workers,
         "data": {k: v for k, v in data_report.items() if k != "key"},
         "finished_at": time.time(),
     }
-    write_json(out / "result.json", result)
+    write_json(out / RESULT, result)
     log.info("stage %s done: %d steps, loss %s -> %s", cfg.stage.name, result["steps"],
              result.get("final_loss"), result["output"])  # fmt: skip
     return result
@@ -279,9 +271,20 @@ def _fit(
         raise _failed(cfg, e) from e
 
 
-def _may_eval(cfg: StageConfig) -> bool:
+def _problems(cfg: StageConfig) -> list[str]:
+    """What would make the stage fail later, found before Ray starts: a stage config file may
+    come from anywhere, not only from a validated job."""
+    out = [f"{field}: {message}" for field, message in stage_problems(cfg.stage)]
+    if STAGE_RULES[StageType(cfg.stage.type)].from_model and not cfg.input_model:
+        out.append(
+            f"{cfg.stage.type} stages start from a model (an earlier stage, inputModel, or "
+            "model.source)"
+        )
     spec = cfg.stage.dataset
-    return bool(spec.eval_split) or spec.eval_fraction > 0
+    may_eval = bool(spec.eval_split) or spec.eval_fraction > 0
+    if cfg.stage.hyperparameters.early_stopping_patience and not may_eval:
+        out.append("earlyStoppingPatience needs evaluation data (evalSplit or evalFraction)")
+    return out
 
 
 def _failed(cfg: StageConfig, error: BaseException) -> StageError:

@@ -1,13 +1,12 @@
-"""The per-worker training loop that Ray Train runs on every worker, and its shared pieces.
+"""The training loop Ray Train runs on every worker (the "worker"), and its callbacks.
 
     engine.run(cfg)  ->  TorchTrainer(train_worker, {"cfg": json, "queue": q})  ->  here:
-    tokenizer, model (+PEFT), prepared datasets -> stage.build(ctx) -> HF/TRL Trainer
-    -> atomic checkpoints + ReportCallback (+ EarlyStopping) -> train(resume) -> save final/
+    tokenizer, stage.load_model (+PEFT), prepared datasets -> stage.build(ctx) -> HF/TRL Trainer
+    -> atomic checkpoints + ReportCallback (+ EarlyStopping) -> train(resume) -> stage.save
 
-`training_kwargs(cfg)` maps the stage config to TrainingArguments keywords, so a stage can pass
-them to TrainingArguments or to a TRL config class (SFTConfig, DPOConfig, ... subclass it).
-DeepSpeed ZeRO 0-3 (with optional CPU offload) when the stage asks for it, DDP otherwise;
-bf16 on GPUs that support it, fp32 on the CPU.
+The stage module (stages.Stage) decides what is trained and how; this loop adds what every
+stage gets: arguments.training_kwargs, the adapter, atomic checkpoints and resume
+(checkpoint.py), the driver's stop request (StopCallback) and metrics (ReportCallback).
 
 Ray's `prepare_trainer` wraps every trainer (it matters only for Ray Data inputs). Ray's
 `RayTrainReportCallback` is not used: it copies every checkpoint into Ray's storage, while
@@ -20,97 +19,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from llmtrain.trainer import adapters, checkpoint, models, stages
-from llmtrain.trainer.checkpoint import STOP_FILE
-from llmtrain.trainer.config import DistributedStrategy, PeftMethod, StageConfig
+from llmtrain.trainer import adapters, arguments, checkpoint, models, stages
+from llmtrain.trainer.contract import PREPARED, STOP_FILE, StageConfig
+from llmtrain.trainer.stages import StageContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StageContext:
-    """What a stage module's `build(ctx)` gets."""
-
-    cfg: StageConfig
-    tokenizer: Any
-    model: Any
-    train_dataset: Any
-    eval_dataset: Any | None
-    training_kwargs: dict[str, Any]
-    peft_config: Any | None
-    rank: int
-    world_size: int
-    stage_dir: Path
-
-
-def deepspeed_config(cfg: StageConfig) -> dict[str, Any] | None:
-    dist = cfg.distributed
-    if dist.strategy != DistributedStrategy.deepspeed:
-        return None
-    zero: dict[str, Any] = {"stage": dist.zero_stage}
-    if dist.offload and dist.zero_stage >= 1:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if dist.offload and dist.zero_stage == 3:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    if dist.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True  # final/ is a plain HF model
-    return {
-        "zero_optimization": zero,
-        "train_micro_batch_size_per_gpu": "auto",
-        "train_batch_size": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        # The HF Trainer's torch AdamW is the client optimizer: no JIT-built CPU Adam needed.
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-    }
-
-
-def training_kwargs(cfg: StageConfig, has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments keywords for the stage (a stage may override any of them)."""
-    hp = cfg.stage.hyperparameters
-    kw: dict[str, Any] = {
-        "output_dir": str(Path(cfg.output_dir) / "checkpoints"),
-        "per_device_train_batch_size": hp.batch_size,
-        "per_device_eval_batch_size": hp.batch_size,
-        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
-        "learning_rate": hp.learning_rate,
-        "num_train_epochs": hp.epochs,
-        "max_steps": hp.max_steps or -1,
-        "lr_scheduler_type": str(hp.scheduler),
-        "warmup_steps": hp.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
-        "weight_decay": hp.weight_decay,
-        "max_grad_norm": hp.max_grad_norm,
-        "seed": hp.seed,
-        "data_seed": hp.seed,
-        "logging_steps": hp.logging_steps,
-        "logging_first_step": True,
-        "save_strategy": "steps",
-        "save_steps": cfg.checkpointing.every_steps,
-        "eval_strategy": ("steps" if hp.eval_steps else "epoch") if has_eval else "no",
-        "eval_steps": hp.eval_steps,
-        "activation_checkpointing": hp.gradient_checkpointing,  # the transformers 5 name
-        "include_num_input_tokens_seen": "non_padding",
-        "remove_unused_columns": False,  # the collators read `length` / `position_ids`
-        "report_to": [],
-        "disable_tqdm": True,  # Ray forwards worker output line by line: print logs instead
-        "dataloader_pin_memory": models.cuda_available(),
-        # Without it accelerate sees one process on CPUs under DeepSpeed (world_size 1).
-        "use_cpu": not models.cuda_available(),
-        "deepspeed": deepspeed_config(cfg),
-        **models.precision_flags(cfg.distributed.mixed_precision),
-    }
-    if hp.early_stopping_patience and has_eval:
-        kw.update(metric_for_best_model="eval_loss", greater_is_better=False)
-    return kw
 
 
 class ReportCallback(TrainerCallback):
@@ -180,34 +98,6 @@ class StopCallback(TrainerCallback):
             self.stopped = control.should_save = control.should_training_stop = True
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def save_final(ctx: StageContext, trainer: Any) -> dict[str, Any]:
-    """final/ (full model or adapter, plus tokenizer) and, when asked, merged/; atomically."""
-    out = ctx.stage_dir
-    staged, final = out / ".final.tmp", out / "final"
-    trainer.save_model(str(staged))  # every rank: ZeRO-3 gathers the weights
-    result: dict[str, Any] = {"output": str(final)}
-    if ctx.rank == 0:
-        ctx.tokenizer.save_pretrained(str(staged))
-        checkpoint.commit(staged, final, {"step": trainer.state.global_step})
-    _barrier()
-    peft = ctx.cfg.stage.peft
-    if peft.merge and peft.method != PeftMethod.none:
-        if ctx.rank == 0:
-            dtype = models.resolve_dtype(ctx.cfg.model.dtype)
-            adapters.merge(final, out / ".merged.tmp", dtype, ctx.tokenizer)
-            checkpoint.commit(out / ".merged.tmp", out / "merged")
-        _barrier()
-        result["merged"] = str(out / "merged")
-    return result
-
-
 def _rank_world(config: dict[str, Any]) -> tuple[int, int]:
     if config.get("in_process"):
         return 0, 1
@@ -233,11 +123,11 @@ def train_worker(config: dict[str, Any]) -> Any:
     rank, world = _rank_world(config)
     stage = stages.load(cfg.stage.type)
     out = Path(cfg.output_dir)
-    prepared = out / "prepared"
+    prepared = out / PREPARED
     train = datasets.load_from_disk(str(prepared / "train"))
     has_eval = (prepared / "eval").exists()
     evaluation = datasets.load_from_disk(str(prepared / "eval")) if has_eval else None
-    kwargs = training_kwargs(cfg, evaluation is not None)
+    kwargs = arguments.training_kwargs(cfg, evaluation is not None)
     # ZeRO-3 partitions weights while loading only if DeepSpeed's config is alive by then.
     keepalive = None
     if kwargs["deepspeed"] and not config.get("in_process"):
@@ -251,17 +141,13 @@ def train_worker(config: dict[str, Any]) -> Any:
     # Before any weights exist: a model built from scratch, LoRA's A matrices and heads are
     # initialised the same on every rank and in every attempt (the Trainer seeds only later).
     set_seed(cfg.stage.hyperparameters.seed)
-    task = getattr(stage, "PEFT_TASK_TYPE", "CAUSAL_LM")
+    task = stage.PEFT_TASK_TYPE
     ctx = StageContext(
         cfg, tokenizer, None, train, evaluation, kwargs,
         adapters.lora_config(cfg.stage.peft, task), rank, world, out,
     )  # fmt: skip
-    if hasattr(stage, "load_model"):
-        ctx.model = stage.load_model(ctx)
-    else:
-        auto_class = getattr(stage, "AUTO_CLASS", "AutoModelForCausalLM")
-        ctx.model = models.load_model(cfg, tokenizer, auto_class)
-    if getattr(stage, "APPLY_PEFT", True):
+    ctx.model = stage.load_model(ctx)
+    if stage.APPLY_PEFT:
         hp = cfg.stage.hyperparameters
         ctx.model = adapters.apply(ctx.model, cfg.stage.peft, task, hp.gradient_checkpointing)
     del keepalive
@@ -283,7 +169,7 @@ def train_worker(config: dict[str, Any]) -> Any:
     final_eval = evals[-1] if evals and evals[-1]["step"] == trainer.state.global_step else {}
     if evaluation is not None and not final_eval:
         final_eval = trainer.evaluate()
-    saved = stage.save(ctx, trainer) if hasattr(stage, "save") else save_final(ctx, trainer)
+    saved = stage.save(ctx, trainer)
     if rank == 0:
         _report_end(config["queue"], trainer, output, final_eval, saved, resume)
     return trainer

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer.config import DType, MixedPrecision, PeftMethod, StageConfig
+from llmtrain.trainer.config import DType, MixedPrecision, PeftMethod
+from llmtrain.trainer.contract import StageConfig, hub_token
 
 log = logging.getLogger(__name__)
 
 
 def is_adapter_dir(source: str | None) -> bool:
     return bool(source) and (Path(str(source)) / "adapter_config.json").is_file()
-
-
-def _token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
 
 
 def cuda_available() -> bool:
@@ -82,7 +78,7 @@ def load_tokenizer(cfg: StageConfig) -> Any:
         tokenizer_source(cfg),
         revision=cfg.model.tokenizer.revision,
         trust_remote_code=cfg.model.trust_remote_code,
-        token=_token(),
+        token=hub_token(),
     )
     if tok.pad_token is None:  # common for base models; padding is masked out anyway
         tok.pad_token = tok.eos_token
@@ -149,7 +145,7 @@ def load_pretrained(
         revision=revision,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        token=_token(),
+        token=hub_token(),
         **extra,
         **kwargs,
     )

@@ -1,6 +1,6 @@
 """The local runner behind `llmtrain run JOB.yaml`: a whole job on one machine, no cluster.
 
-    run_job(job_file, job, workdir=Path("runs"), workers=1, metrics_port=None)
+    run_job(job, job_file, workdir=Path("runs"), workers=1, metrics_port=None)
 
 Each stage runs as a child `llmtrain worker --stage-config F` process, the same code a pod
 runs, so a local run proves the cluster run. This process never imports torch: it watches
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer.config import ModelRef, ModelSpec, StageConfig, StageSpec, resolve_stages
-from llmtrain.trainer.progress_view import ProgressView
+from llmtrain.trainer import checkpoint
+from llmtrain.trainer.contract import (
+    CHECKPOINTS,
+    PROGRESS,
+    RESULT,
+    StageConfig,
+    localise,
+    read_json,
+    resolve_stages,
+)
+from llmtrain.trainer.terminal import ProgressView
+
+# What the local runner adds to each stage directory (docs/contracts.md §3 has the rest).
+STAGE_CONFIG = "stage.json"  # the config it hands `llmtrain worker`
+FINGERPRINT = "fingerprint.json"  # what the outputs depend on, to tell a changed stage
+RUN_INFO = "run.json"  # when the stage started and finished (report.py reads it)
+WORKER_LOG = "logs/worker.log"
 
 
 class RunError(Exception):
@@ -44,34 +58,6 @@ class StagePlan:
     conflicts: list[str] = field(default_factory=list)
 
 
-def _abs_if_local(value: str | None, base: Path) -> str | None:
-    """Relative paths in a job file resolve against the file's folder when they exist there."""
-    if not value or "://" in value or Path(value).is_absolute():
-        return value
-    candidate = base / value
-    return str(candidate.resolve()) if candidate.exists() else value
-
-
-def _localise(
-    model: ModelSpec, stages: list[StageSpec], base: Path
-) -> tuple[ModelSpec, list[StageSpec]]:
-    tok = model.tokenizer.model_copy(update={"source": _abs_if_local(model.tokenizer.source, base)})
-    model = model.model_copy(update={"source": _abs_if_local(model.source, base), "tokenizer": tok})
-    out = []
-    for st in stages:
-        ds = st.dataset.model_copy(update={"source": _abs_if_local(st.dataset.source, base)})
-        upd: dict[str, Any] = {"dataset": ds}
-        if st.input_model and st.input_model.path:
-            upd["input_model"] = ModelRef(path=_abs_if_local(st.input_model.path, base))
-        for algo in ("ppo", "grpo"):
-            params = getattr(st, algo)
-            if params and params.reward_model and params.reward_model.path:
-                ref = ModelRef(path=_abs_if_local(params.reward_model.path, base))
-                upd[algo] = params.model_copy(update={"reward_model": ref})
-        out.append(st.model_copy(update=upd))
-    return model, out
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         items: dict[str, Any] = {}
@@ -86,20 +72,21 @@ def plan(
 ) -> list[StagePlan]:
     """Resolve stage configs and decide, per stage, run / skip / conflict."""
     spec = job.spec
-    model, stages = _localise(spec.model, spec.stages, job_file.resolve().parent)
     configs = resolve_stages(
         job=job.metadata.name,
         namespace=job.metadata.namespace or "local",
-        model=model,
-        stages=stages,
+        model=spec.model,
+        stages=list(spec.stages),
         storage_root=str(workdir.resolve()),
         workers=workers,
         distributed=spec.distributed,
         checkpointing=spec.checkpointing,
         metrics_port=metrics_port,
     )
+    # Relative paths in a job file mean the job file's folder, wherever `llmtrain run` runs.
+    base = job_file.resolve().parent
     plans, previous = [], ""
-    for cfg in configs:
+    for cfg in (localise(c, base) for c in configs):
         # What a stage's outputs depend on: its own spec, the base model, and everything
         # before it (through the previous fingerprint). No absolute paths of the workdir,
         # so a moved workdir still resumes.
@@ -114,12 +101,11 @@ def plan(
         plans.append(StagePlan(cfg, fp, material))
         previous = fp
     for p in plans:
-        stored_path = Path(p.config.output_dir) / "fingerprint.json"
-        if not stored_path.exists():
+        stored = read_json(Path(p.config.output_dir) / FINGERPRINT)
+        if not stored:
             continue
-        stored = json.loads(stored_path.read_text())
         if stored["fingerprint"] == p.fingerprint:
-            p.skip = (Path(p.config.output_dir) / "result.json").exists()
+            p.skip = (Path(p.config.output_dir) / RESULT).exists()
             continue
         old, new = _flatten(stored["spec"]), _flatten(p.spec)
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -131,28 +117,28 @@ def plan(
 
 def _worker_command(config_path: Path) -> list[str]:
     script = Path(sys.executable).parent / "llmtrain"
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "llmtrain.operator.cli"]
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "llmtrain.cli.main"]
     return [*base, "worker", "--stage-config", str(config_path)]
 
 
 def _run_stage(p: StagePlan, view: ProgressView) -> None:
     out = Path(p.config.output_dir)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    config_path = out / "stage.json"
+    log_file = out / WORKER_LOG
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    config_path = out / STAGE_CONFIG
     config_path.write_text(p.config.model_dump_json(by_alias=True, indent=2))
-    (out / "fingerprint.json").write_text(
+    (out / FINGERPRINT).write_text(
         json.dumps({"fingerprint": p.fingerprint, "spec": p.spec}, indent=2)
     )
-    resumed = sorted(out.glob("checkpoints/checkpoint-*/COMPLETE"))
-    view.stage_started(p.config, resumed_from=resumed[-1].parent.name if resumed else None)
-    log = (out / "logs" / "worker.log").open("a")
+    resumed = checkpoint.latest(out / CHECKPOINTS)
+    view.stage_started(p.config, resumed_from=resumed.name if resumed else None)
+    log = log_file.open("a")
     started = time.time()
     proc = subprocess.Popen(
         _worker_command(config_path),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # our Ctrl-C reaches the worker only through us, once
-        env={**os.environ, "LLMTRAIN_LOCAL_RUN": "1"},
     )
     received: list[int] = []
 
@@ -165,15 +151,15 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while proc.poll() is None:
-            view.update(p.config, out / "progress.json")
+            view.update(p.config, out / PROGRESS)
             time.sleep(0.5)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
         log.close()
-    view.update(p.config, out / "progress.json")
+    view.update(p.config, out / PROGRESS)
     if received:
-        step = _read_json(out / "progress.json").get("step", "?")
+        step = read_json(out / PROGRESS).get("step", "?")
         raise RunError(
             [
                 f"stage {p.config.stage.name} interrupted at step {step}; checkpoint saved. "
@@ -181,24 +167,16 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
             ],
             code=128 + received[0],
         )
-    if proc.returncode != 0 or not (out / "result.json").exists():
-        tail = (out / "logs" / "worker.log").read_text().splitlines()[-25:]
+    if proc.returncode != 0 or not (out / RESULT).exists():
+        tail = log_file.read_text().splitlines()[-25:]
         raise RunError(
             [f"stage {p.config.stage.name} failed (exit {proc.returncode}); last log lines:"]
             + ["  " + line for line in tail]
-            + [f"full log: {out / 'logs' / 'worker.log'}"],
+            + [f"full log: {log_file}"],
             code=proc.returncode or 1,  # the stage's own exit code (contract.ExitCode)
         )
-    (out / "run.json").write_text(json.dumps({"started": started, "finished": time.time()}))
-    view.stage_finished(p.config, _read_json(out / "result.json"))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    (out / RUN_INFO).write_text(json.dumps({"started": started, "finished": time.time()}))
+    view.stage_finished(p.config, read_json(out / RESULT))
 
 
 def run_job(

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import METRICS, RESULT, StageConfig, read_json
 from llmtrain.trainer.metrics import LOG_KEYS
+from llmtrain.trainer.pipeline import RUN_INFO
 
 # Alignment series worth a plot: title -> the gauge the trainers' log keys map to.
 ALIGNMENT_PLOTS = {
@@ -25,7 +26,7 @@ ALIGNMENT_PLOTS = {
 
 
 def _history(stage_dir: Path) -> list[dict[str, Any]]:
-    path = stage_dir / "metrics.jsonl"
+    path = stage_dir / METRICS
     if not path.exists():
         return []
     rows = []
@@ -56,10 +57,9 @@ def alignment_series(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, fl
 
 def stage_summary(cfg: StageConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
-    result = _read(out / "result.json")
-    run = _read(out / "run.json")
+    result = read_json(out / RESULT)
+    run = read_json(out / RUN_INFO)
     rows = _history(out)
-    losses = [v for _, v in _series(rows, "loss")]
     evals = [v for _, v in _series(rows, "eval_loss")]
     aligned = alignment_series(rows)
     return {
@@ -67,8 +67,8 @@ def stage_summary(cfg: StageConfig) -> dict[str, Any]:
         "type": cfg.stage.type,
         "duration_seconds": round(run["finished"] - run["started"], 1) if run else None,
         "steps": result.get("steps"),
-        "final_loss": losses[-1] if losses else result.get("final_loss"),
-        "best_loss": min(losses) if losses else result.get("best_loss"),
+        "final_loss": result.get("final_loss"),
+        "best_loss": result.get("best_loss"),  # the stage's, from its whole log history
         "final_eval_loss": evals[-1] if evals else None,
         "tokens_per_second": result.get("tokens_per_second"),
         "output": result.get("output"),
@@ -80,14 +80,6 @@ def stage_summary(cfg: StageConfig) -> dict[str, Any]:
         if plot_alignment(cfg.stage.name, aligned, out / "alignment.png")
         else None,
     }
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def plot_loss(name: str, rows: list[dict[str, Any]], path: Path) -> bool:

@@ -5,6 +5,7 @@ Nothing here touches a hub. Everything is built from a fixed seed in a few secon
     from llmtrain.trainer import tiny
     tiny.write_corpus(d / "corpus.txt")                 # synthetic English-like text
     tok = tiny.build_tokenizer(d / "tokenizer", d / "corpus.txt")   # byte-level BPE + chat template
+    tiny.train_tokenizer(out, lines, vocab_size=640, special_tokens=[...], ...)  # any other BPE
     tiny.build_model(d / "model", d / "tokenizer")      # 2-layer Llama, hidden 64, random init
     tiny.write_instructions(d / "sft.jsonl")            # prompt/completion pairs
     tiny.write_chats(d / "chat.jsonl")                  # {"messages": [...]} conversations
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,6 @@ CHAT_TEMPLATE = (
     "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-# The same template without generation markers: models many real tokenizers' templates,
-# which cannot mark assistant tokens. The trainer must refuse it for assistant-only loss.
-PLAIN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("{% generation %}", "").replace(
-    "{% endgeneration %}", ""
 )
 
 ARCHITECTURE: dict[str, Any] = {
@@ -111,40 +107,69 @@ def write_chats(path: Path, n: int = 300, seed: int = 2) -> Path:
     return path
 
 
-def build_tokenizer(
-    out: Path, corpus: Path | None = None, vocab_size: int = 400, chat_template: str | None = None
+def train_tokenizer(
+    out: Path,
+    texts: Iterable[str],
+    *,
+    vocab_size: int,
+    special_tokens: Sequence[str],
+    bos: str,
+    eos: str,
+    pad: str,
+    chat_template: str | None = None,
+    model_max_length: int = ARCHITECTURE["max_position_embeddings"],
 ) -> Any:
-    """Train a byte-level BPE tokenizer on `corpus` (a fresh one when None); save it to `out`."""
+    """Train a byte-level BPE tokenizer on `texts` and save it to `out` as a transformers
+    fast tokenizer; the special tokens other than bos/eos/pad become additional ones."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if corpus is None:
-        corpus = write_corpus(out / "_corpus.txt")
-    texts = corpus.read_text().splitlines()
-    rng = random.Random(3)
-    texts += [" ".join(_qa(rng)) for _ in range(500)]  # digits and chat words get merges too
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
+    extra = [t for t in special_tokens if t not in (bos, eos, pad)]
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
-        bos_token="<|bos|>",
-        eos_token="<|eos|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
-        model_max_length=ARCHITECTURE["max_position_embeddings"],
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        model_max_length=model_max_length,
+        **({"additional_special_tokens": extra} if extra else {}),
     )
-    tok.chat_template = chat_template or CHAT_TEMPLATE
+    if chat_template is not None:
+        tok.chat_template = chat_template
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out))
     return tok
+
+
+def build_tokenizer(
+    out: Path, corpus: Path | None = None, vocab_size: int = 400, chat_template: str | None = None
+) -> Any:
+    """The tests' tokenizer: BPE on `corpus` (a fresh one when None) and some Q/A text, with
+    CHAT_TEMPLATE unless another `chat_template` is given; saved to `out`."""
+    if corpus is None:
+        corpus = write_corpus(out / "_corpus.txt")
+    texts = corpus.read_text().splitlines()
+    rng = random.Random(3)
+    texts += [" ".join(_qa(rng)) for _ in range(500)]  # digits and chat words get merges too
+    return train_tokenizer(
+        out,
+        texts,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        bos="<|bos|>",
+        eos="<|eos|>",
+        pad="<|pad|>",
+        chat_template=chat_template or CHAT_TEMPLATE,
+    )
 
 
 def build_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides: Any) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# fmt: off
 COLORS = {
     "sky": "blue", "grass": "green", "banana": "yellow", "snow": "white", "coal": "black",
     "tomato": "red", "orange": "orange", "plum": "purple", "lemon": "yellow", "cloud": "white",
@@ -32,6 +33,7 @@ ANIMALS = {
     "pig": (4, "scraps", "farm", "oinks"), "goat": (4, "weeds", "hill", "bleats"),
     "mouse": (4, "cheese", "hole", "squeaks"), "crow": (2, "seeds", "tree", "caws"),
 }
+# fmt: on
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 HEDGES = [
     "Well, I am not completely sure, but I think that maybe",
@@ -118,28 +120,21 @@ def main() -> None:
 
 
 def build_tokenizer() -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE on the three data files; no chat template (the data is plain text)."""
+    from llmtrain.trainer import tiny
 
-    special = ["<|endoftext|>", "<|pad|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    names = ("corpus.txt", "instructions.jsonl", "preferences.jsonl")
+    lines = [line for n in names for line in (HERE / n).read_text().splitlines()]
+    tiny.train_tokenizer(
+        HERE / "tokenizer",
+        lines,
         vocab_size=640,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    files = [str(HERE / n) for n in ("corpus.txt", "instructions.jsonl", "preferences.jsonl")]
-    tok.train(files, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|pad|>",
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        bos="<|endoftext|>",
+        eos="<|endoftext|>",
+        pad="<|pad|>",
         model_max_length=256,
     )
-    fast.save_pretrained(HERE / "tokenizer")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def _stage_configs(tmp: Path, ports: dict[str, int]) -> dict[str, Path]:
     """Three short real stages on the quickstart's tiny model: pretrain from scratch (loss,
     eval loss, checkpoints), then dpo (preference metrics) and grpo (reward, KL,
     generation/update time), both starting from the pretrained model."""
-    from llmtrain.trainer.config import StageConfig
+    from llmtrain.trainer.contract import StageConfig
 
     quick = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())["spec"]
     prompts = tmp / "prompts.jsonl"

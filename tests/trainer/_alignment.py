@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import StageConfig
 
 from .helpers import Assets, run_in_process
 

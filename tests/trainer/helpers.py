@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.trainer import tiny
-from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import StageConfig
 
 
 @dataclass
@@ -130,8 +130,6 @@ def pretrain_config(assets: Assets, out: Path, **extra: Any) -> StageConfig:
     )
 
 
-
-
 def build_assets(root: Path) -> Assets:
     corpus = tiny.write_corpus(root / "corpus.txt")
     tiny.build_tokenizer(root / "tokenizer", corpus)
@@ -165,9 +163,7 @@ def run_in_process(cfg: StageConfig) -> tuple[Any, list[dict[str, Any]]]:
 
     engine.prepare_data(cfg, stages.load(cfg.stage.type), Path(cfg.output_dir))
     queue = ListQueue()
-    trainer = loop.train_worker(
-        {"cfg": cfg.model_dump_json(), "queue": queue, "in_process": True}
-    )
+    trainer = loop.train_worker({"cfg": cfg.model_dump_json(), "queue": queue, "in_process": True})
     return trainer, queue.items
 
 

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtrain.trainer.config import (
-    CheckpointSpec,
-    DistributedSpec,
-    ModelSpec,
-    StageSpec,
-    resolve_stages,
-)
+from llmtrain.trainer.config import CheckpointSpec, DistributedSpec, ModelSpec, StageSpec
+from llmtrain.trainer.contract import resolve_stages
 
 from ._alignment import PREFERENCE_COLUMNS, history, run, write_preferences, write_prompts
 from .helpers import Assets, Scraper, free_port

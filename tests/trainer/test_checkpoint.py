@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmtrain.trainer import checkpoint
+from llmtrain.trainer.contract import COMPLETE, STAGING
 
 from .helpers import Assets, run_in_process, stage_config
 
@@ -19,18 +20,18 @@ def make(root: Path, step: int, complete: bool) -> Path:
     path.mkdir(parents=True)
     (path / "model.safetensors").write_text("weights")
     if complete:
-        (path / checkpoint.COMPLETE).write_text("{}")
+        (path / COMPLETE).write_text("{}")
     return path
 
 
 def test_only_marked_checkpoints_count_and_clean_removes_the_rest(tmp_path: Path) -> None:
     for step, done in ((10, True), (20, True), (30, False)):
         make(tmp_path, step, done)
-    (tmp_path / checkpoint.STAGING / "checkpoint-40").mkdir(parents=True)
+    (tmp_path / STAGING / "checkpoint-40").mkdir(parents=True)
     assert [s for s, _ in checkpoint.complete(tmp_path)] == [10, 20]
     assert checkpoint.latest(tmp_path) == tmp_path / "checkpoint-20"
     removed = {p.name for p in checkpoint.clean(tmp_path)}
-    assert removed == {"checkpoint-30", checkpoint.STAGING}
+    assert removed == {"checkpoint-30", STAGING}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20"]
     checkpoint.prune(tmp_path, keep=1)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-20"]
@@ -42,7 +43,7 @@ def test_commit_marks_then_renames(tmp_path: Path) -> None:
     staged.mkdir(parents=True)
     target = checkpoint.commit(staged, tmp_path / "checkpoint-5", {"step": 5})
     assert not staged.exists()
-    assert json.loads((target / checkpoint.COMPLETE).read_text())["step"] == 5
+    assert json.loads((target / COMPLETE).read_text())["step"] == 5
 
 
 def test_trainer_saves_atomically_and_resumes_after_a_crash(assets: Assets, tmp_path: Path) -> None:
@@ -59,9 +60,9 @@ def test_trainer_saves_atomically_and_resumes_after_a_crash(assets: Assets, tmp_
     run_in_process(config(6))
     ckpts = out / "checkpoints"
     assert [s for s, _ in checkpoint.complete(ckpts)] == [4, 6]
-    assert not (ckpts / checkpoint.STAGING).exists()
+    assert not (ckpts / STAGING).exists()
     # A crash mid-save leaves staged files and an unmarked folder behind.
-    (ckpts / checkpoint.STAGING / "checkpoint-8").mkdir(parents=True)
+    (ckpts / STAGING / "checkpoint-8").mkdir(parents=True)
     make(ckpts, 8, complete=False)
     checkpoint.clean(ckpts)  # what the driver does first on every start
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from llmtrain.trainer import rewards
 from llmtrain.trainer.config import RuleReward
+from llmtrain.trainer.stages import rewards
 
 from ._alignment import config, history, mean, run, write_prompts
 from .helpers import Assets

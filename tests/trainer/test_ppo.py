@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from llmtrain.trainer.ppo_core import PPOSettings, gae, ppo_losses, response_mask, whiten
+from llmtrain.trainer.stages.ppo_trainer import PPOSettings, gae, ppo_losses, response_mask, whiten
 
 from ._alignment import (
     PREFERENCE_COLUMNS,
@@ -75,7 +75,7 @@ def test_ppo_trainer_raises_a_rule_reward(assets: Assets, tmp_path: Path) -> Non
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from llmtrain.trainer.ppo_core import PPOTrainer
+    from llmtrain.trainer.stages.ppo_trainer import PPOTrainer
 
     tok = AutoTokenizer.from_pretrained(str(assets.model))
     words = torch.tensor([i for i in range(len(tok)) if tok.convert_ids_to_tokens(i)[0] == "Ġ"])
@@ -203,7 +203,7 @@ def test_value_head_takes_the_trained_weights_dtype(assets: Assets) -> None:
     """DeepSpeed ZeRO-3 flattens all trained weights into one buffer of one dtype."""
     from transformers import AutoModelForCausalLM
 
-    from llmtrain.trainer.ppo_core import PolicyAndValue
+    from llmtrain.trainer.stages.ppo_trainer import PolicyAndValue
 
     policy = AutoModelForCausalLM.from_pretrained(str(assets.model), dtype=torch.bfloat16)
     assert PolicyAndValue(policy).value_head.weight.dtype == torch.bfloat16
@@ -216,7 +216,7 @@ def test_prompts_are_left_padded_and_keep_their_end(assets: Assets, tmp_path: Pa
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from llmtrain.trainer.ppo_core import PPOTrainer
+    from llmtrain.trainer.stages.ppo_trainer import PPOTrainer
 
     tok = AutoTokenizer.from_pretrained(str(assets.tokenizer))
     trainer = PPOTrainer(

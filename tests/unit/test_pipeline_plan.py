@@ -73,17 +73,16 @@ def test_report_from_stage_directories(tmp_path) -> None:
     out.mkdir(parents=True)
     rows = [{"step": s, "loss": 5.0 / s} for s in range(1, 6)] + [{"step": 5, "eval_loss": 1.5}]
     (out / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n{cut")
-    (out / "result.json").write_text(
-        json.dumps({"steps": 5, "output": "x", "tokens_per_second": 9.0})
-    )
+    result = {"steps": 5, "output": "x", "tokens_per_second": 9.0, "final_loss": 1.0}
+    (out / "result.json").write_text(json.dumps({**result, "best_loss": 0.9}))
     (out / "run.json").write_text(json.dumps({"started": 100.0, "finished": 112.5}))
     report = write_report(tmp_path / "quickstart", [cfg])
     (stage,) = report["stages"]
-    assert stage["final_loss"] == 1.0 and stage["best_loss"] == 1.0
+    assert stage["final_loss"] == 1.0 and stage["best_loss"] == 0.9  # the stage's own
     assert stage["final_eval_loss"] == 1.5 and stage["duration_seconds"] == 12.5
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "quickstart" / "report.md").read_text()
-    assert "| pretrain | pretrain | 12.5 | 5 | 1.0000 | 1.0000 | 9 | x |" in md
+    assert "| pretrain | pretrain | 12.5 | 5 | 1.0000 | 0.9000 | 9 | x |" in md
     assert "![pretrain loss](pretrain/loss.png)" in md
 
 

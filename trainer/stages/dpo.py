@@ -16,24 +16,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmtrain.trainer import alignment, data
-from llmtrain.trainer.config import DPOParams, PeftMethod, StageConfig
+from llmtrain.trainer import adapters, data
+from llmtrain.trainer.checkpoint import save_final
+from llmtrain.trainer.config import DPOParams, PeftMethod
+from llmtrain.trainer.contract import StageConfig
+from llmtrain.trainer.stages import common
 
 if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
-    from llmtrain.trainer.loop import StageContext
+    from llmtrain.trainer.stages import StageContext
 
+PEFT_TASK_TYPE = "CAUSAL_LM"
 APPLY_PEFT = False  # TRL wraps the model itself, so its reference is "adapter disabled"
+load_model = common.load_causal_lm
+save = save_final
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
-    return alignment.preference_data(cfg)
+    return common.preference_data(cfg)
 
 
 def build(ctx: StageContext) -> Any:
     from trl import DPOConfig, DPOTrainer
 
     cfg = ctx.cfg
-    alignment.check_input_model(cfg)
     params = cfg.stage.dpo or DPOParams()
     args = DPOConfig(
         **ctx.training_kwargs,
@@ -47,9 +52,10 @@ def build(ctx: StageContext) -> Any:
     if full and not params.precompute_ref_log_probs:
         # Loaded from the input model, not copied from the policy: under ZeRO-3 the policy is
         # already partitioned, and on resume it is the input model that is the reference.
-        ref_model = alignment.load_reference(cfg)
+        ref_model = common.load_reference(cfg)
+    hp = cfg.stage.hyperparameters
     return DPOTrainer(
-        model=alignment.prepare_kbit(ctx.model, cfg),
+        model=adapters.prepare_kbit(ctx.model, cfg.stage.peft, hp.gradient_checkpointing),
         ref_model=ref_model,
         args=args,
         train_dataset=ctx.train_dataset,

@@ -6,7 +6,7 @@ Each prompt gets `grpo.numGenerations` samples; a sample's advantage is its rewa
 group's mean (over the group's std). Rewards, summed: the reward model of `grpo.rewardModel`
 (a reward stage's final/ or a path) and the rule rewards named in `grpo.rewardFunctions`
 (`exact-match` against the `answer` column, `format` = `grpo.formatRegex`, `length-penalty`
-beyond `grpo.targetLength` tokens; see llmtrain.trainer.rewards). `grpo.beta` > 0 adds a KL
+beyond `grpo.targetLength` tokens; see stages/rewards.py). `grpo.beta` > 0 adds a KL
 penalty against the reference: the input model, or with LoRA the adapter-disabled base.
 
 `batchSize` counts completions, so it must be a multiple of `numGenerations`. Logs `reward`,
@@ -15,24 +15,30 @@ penalty against the reference: the input model, or with LoRA the adapter-disable
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
-from llmtrain.trainer import alignment, data, rewards
-from llmtrain.trainer.config import GRPOParams, StageConfig
+from llmtrain.trainer import adapters, data
+from llmtrain.trainer.checkpoint import save_final
+from llmtrain.trainer.config import GRPOParams
+from llmtrain.trainer.contract import StageConfig
+from llmtrain.trainer.stages import common, rewards
 
 if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
-    from llmtrain.trainer.loop import StageContext
+    from llmtrain.trainer.stages import StageContext
 
+PEFT_TASK_TYPE = "CAUSAL_LM"
 APPLY_PEFT = False  # TRL wraps the model itself, so its reference is "adapter disabled"
+load_model = common.load_causal_lm
+save = save_final
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
-    return alignment.prompt_data(cfg, tokenizer, render_chat=False)
+    return common.prompt_data(cfg, tokenizer, render_chat=False)
 
 
 def reward_functions(ctx: StageContext, params: GRPOParams) -> tuple[list[Any], list[Any]]:
-    """(reward functions, their processing classes) for GRPOTrainer."""
+    """(reward functions, their processing classes) for GRPOTrainer: the rule rewards, then
+    the reward model (config.stage_problems made sure there is at least one)."""
     funcs: list[Any] = rewards.build(
         params.reward_functions,
         format_regex=params.format_regex,
@@ -40,12 +46,9 @@ def reward_functions(ctx: StageContext, params: GRPOParams) -> tuple[list[Any], 
     )
     classes: list[Any] = [None] * len(funcs)
     if ctx.cfg.reward_model:
-        funcs.append(alignment.load_reward_model(ctx.cfg.reward_model, ctx.cfg, ctx.tokenizer))
+        rm = common.load_reward_model(ctx.cfg.reward_model, ctx.cfg, ctx.tokenizer, frozen=True)
+        funcs.append(rm)
         classes.append(ctx.tokenizer)
-    if not funcs:
-        raise ValueError(
-            f"stage {ctx.cfg.stage.name}: grpo needs grpo.rewardModel or grpo.rewardFunctions"
-        )
     return funcs, classes
 
 
@@ -53,7 +56,6 @@ def build(ctx: StageContext) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     cfg = ctx.cfg
-    alignment.check_input_model(cfg)
     params, hp = cfg.stage.grpo or GRPOParams(), cfg.stage.hyperparameters
     per_step = hp.batch_size * hp.gradient_accumulation_steps * ctx.world_size
     if per_step % params.num_generations:
@@ -70,34 +72,20 @@ def build(ctx: StageContext) -> Any:
         temperature=params.temperature,
     )
 
-    class TimedGRPOTrainer(GRPOTrainer):
+    class TimedGRPOTrainer(common.GenerationTimer, GRPOTrainer):
         """Adds cumulative generation (sampling + scoring) and update seconds to the logs."""
 
-        generation_seconds = update_seconds = _step_generation = 0.0
-
         def _generate_and_score_completions(self, *a: Any, **kw: Any) -> Any:
-            started = time.perf_counter()
-            out = super()._generate_and_score_completions(*a, **kw)
-            elapsed = time.perf_counter() - started
-            self.generation_seconds += elapsed
-            self._step_generation += elapsed
-            return out
-
-        def training_step(self, *a: Any, **kw: Any) -> Any:
-            started = time.perf_counter()
-            out = super().training_step(*a, **kw)
-            self.update_seconds += time.perf_counter() - started - self._step_generation
-            self._step_generation = 0.0
-            return out
+            with self.generating():
+                return super()._generate_and_score_completions(*a, **kw)
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs:
-                logs.update(generation_seconds=self.generation_seconds)
-                logs.update(update_seconds=self.update_seconds)
+                logs.update(self.timing())
             super().log(logs, start_time)
 
     return TimedGRPOTrainer(
-        model=alignment.prepare_kbit(ctx.model, cfg),
+        model=adapters.prepare_kbit(ctx.model, cfg.stage.peft, hp.gradient_checkpointing),
         reward_funcs=funcs,
         reward_processing_classes=classes,
         args=args,

@@ -1,4 +1,4 @@
-"""RLHF with PPO against a reward model (see `llmtrain.trainer.ppo_core` for the algorithm).
+"""RLHF with PPO against a reward model (see `ppo_trainer.py` beside it for the algorithm).
 
     llmtrain worker --stage-config stage.json     # stage.type: ppo, dataset.format: prompt-only
 
@@ -18,31 +18,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmtrain.trainer import alignment, data
-from llmtrain.trainer.config import PeftMethod, StageConfig
+from llmtrain.trainer import data
+from llmtrain.trainer.checkpoint import save_final
+from llmtrain.trainer.config import PeftMethod
+from llmtrain.trainer.contract import StageConfig
+from llmtrain.trainer.stages import common
 
 if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
-    from llmtrain.trainer.loop import StageContext
+    from llmtrain.trainer.stages import StageContext
+
+PEFT_TASK_TYPE = "CAUSAL_LM"
+APPLY_PEFT = True  # the value head sits on the adapted policy: one trainable model
+load_model = common.load_causal_lm
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
-    return alignment.prompt_data(cfg, tokenizer, render_chat=True)
+    return common.prompt_data(cfg, tokenizer, render_chat=True)
 
 
 def build(ctx: StageContext) -> Any:
     from transformers import TrainingArguments
 
-    from llmtrain.trainer.ppo_core import PPOSettings, PPOTrainer
+    from llmtrain.trainer.stages.ppo_trainer import PPOSettings, PPOTrainer
 
     cfg = ctx.cfg
-    alignment.check_input_model(cfg)
     params, hp = cfg.stage.ppo, cfg.stage.hyperparameters
-    if params is None:
-        raise ValueError(f"stage {cfg.stage.name}: ppo stages need ppo.rewardModel")
-    reward_model = alignment.load_reward_model(cfg.reward_model, cfg, ctx.tokenizer)
+    assert params is not None  # config.stage_problems: ppo stages have their block
+    reward_model = common.load_reward_model(cfg.reward_model, cfg, ctx.tokenizer, frozen=True)
     ref = None
     if cfg.stage.peft.method == PeftMethod.none:
-        ref = alignment.load_reference(cfg)
+        ref = common.load_reference(cfg)
     settings = PPOSettings(
         kl_coef=params.kl_coef,
         response_length=params.response_length,
@@ -65,6 +70,4 @@ def build(ctx: StageContext) -> Any:
 
 def save(ctx: StageContext, trainer: Any) -> dict[str, Any]:
     trainer.save_value_head = False  # final/ is the policy alone, loadable by later stages
-    from llmtrain.trainer import loop
-
-    return loop.save_final(ctx, trainer)
+    return save_final(ctx, trainer)

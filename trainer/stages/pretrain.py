@@ -3,7 +3,7 @@
     llmtrain worker --stage-config stage.json     # stage.type: pretrain, dataset.format: text
 
 Every document gets an EOS, all are concatenated and cut into `maxSeqLength`-token blocks (the
-remainder is dropped). With no input model the engine builds `model.architecture` from scratch.
+remainder is dropped). With no input model `model.architecture` is built from scratch.
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import data, encode
-from llmtrain.trainer.config import DataFormat, StageConfig
+from llmtrain.trainer.checkpoint import save_final
+from llmtrain.trainer.contract import StageConfig
+from llmtrain.trainer.stages.common import load_causal_lm
 
 if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
-    from llmtrain.trainer.loop import StageContext
+    from llmtrain.trainer.stages import StageContext
+
+PEFT_TASK_TYPE = "CAUSAL_LM"
+APPLY_PEFT = True
+load_model = load_causal_lm  # with no input model: `model.architecture` from scratch
+save = save_final
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
     spec, hp = cfg.stage.dataset, cfg.stage.hyperparameters
-    if spec.format != DataFormat.text:
-        raise data.DataError(
-            f"{spec.source}: pretrain stages need format 'text', not {spec.format!r}"
-        )
     train, evaluation, report = data.load_splits(spec, hp.seed)
     block = hp.max_seq_length
     rep = report.splits["train"]

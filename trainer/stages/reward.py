@@ -14,35 +14,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmtrain.trainer import alignment, data, models
-from llmtrain.trainer.config import PeftMethod, StageConfig
+from llmtrain.trainer import data
+from llmtrain.trainer.checkpoint import save_final
+from llmtrain.trainer.contract import StageConfig
+from llmtrain.trainer.stages import common
 
 if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
-    from llmtrain.trainer.loop import StageContext
+    from llmtrain.trainer.stages import StageContext
 
-AUTO_CLASS = "AutoModelForSequenceClassification"
-PEFT_TASK_TYPE = "SEQ_CLS"
+PEFT_TASK_TYPE = "SEQ_CLS"  # the adapter leaves the new score head fully trainable
+APPLY_PEFT = True
+save = save_final
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
-    return alignment.preference_data(cfg)
+    return common.preference_data(cfg)
 
 
 def load_model(ctx: StageContext) -> Any:
     cfg = ctx.cfg
-    alignment.check_input_model(cfg)
-    assert cfg.input_model is not None
-    model = models.load_pretrained(
-        cfg.input_model,
-        models.resolve_dtype(cfg.model.dtype),
-        cfg.stage.peft.method == PeftMethod.qlora,
-        cfg.model.revision,
-        cfg.model.trust_remote_code,
-        AUTO_CLASS,
-        num_labels=1,
+    return common.load_reward_model(
+        cfg.input_model, cfg, ctx.tokenizer, revision=cfg.model.revision
     )
-    model.config.pad_token_id = ctx.tokenizer.pad_token_id  # the head pools the last real token
-    return model
 
 
 def build(ctx: StageContext) -> Any:

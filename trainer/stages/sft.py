@@ -16,19 +16,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmtrain.trainer import data, encode
-from llmtrain.trainer.config import DataFormat, StageConfig
+from llmtrain.trainer.checkpoint import save_final
+from llmtrain.trainer.contract import StageConfig
+from llmtrain.trainer.stages.common import load_causal_lm
 
 if TYPE_CHECKING:  # the driver imports stages for prepare_data; keep it light
-    from llmtrain.trainer.loop import StageContext
+    from llmtrain.trainer.stages import StageContext
 
-FORMATS = (DataFormat.prompt_completion, DataFormat.messages, DataFormat.text)
+PEFT_TASK_TYPE = "CAUSAL_LM"
+APPLY_PEFT = True
+load_model = load_causal_lm
+save = save_final
 
 
 def prepare_data(cfg: StageConfig, tokenizer: Any) -> tuple[Any, Any, data.Report]:
     spec, hp = cfg.stage.dataset, cfg.stage.hyperparameters
-    if spec.format not in FORMATS:
-        names = [str(f) for f in FORMATS]
-        raise data.DataError(f"{spec.source}: sft stages need format {names}, not {spec.format!r}")
     train, evaluation, report = data.load_splits(spec, hp.seed)
     out = []
     for name, ds in (("train", train), ("eval", evaluation)):

@@ -1,4 +1,8 @@
-"""Live progress of a local run, drawn from each stage's `progress.json`.
+"""The terminal view of a local run (`llmtrain run`), drawn from each stage's `progress.json`.
+
+    view = ProgressView()
+    view.stage_started(cfg, resumed_from=None); view.update(cfg, stage_dir / PROGRESS)
+    view.stage_finished(cfg, result)
 
 On a terminal: one rich progress bar per stage (step/total, loss, tokens/s, ETA). Elsewhere
 (CI logs, pipes): plain lines, at most one every `every` seconds, so logs stay readable.
@@ -6,7 +10,6 @@ On a terminal: one rich progress bar per stage (step/total, loss, tokens/s, ETA)
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import StageConfig, read_json
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -53,9 +56,8 @@ class ProgressView:
             self._task = self._progress.add_task(st.name, total=None, loss="-", tps="-")
 
     def update(self, cfg: StageConfig, progress_file: Path) -> None:
-        try:
-            p = json.loads(progress_file.read_text())
-        except (OSError, ValueError):
+        p = read_json(progress_file)
+        if not p:  # not written yet
             return
         step, total = p.get("step", 0), p.get("total_steps") or None
         loss, tps = _fmt(p.get("loss"), ".4f"), _fmt(p.get("tokens_per_second"), ",.0f")
@@ -88,6 +90,3 @@ class ProgressView:
 
     def stage_skipped(self, cfg: StageConfig) -> None:
         self.note(f"✔ stage {cfg.stage.name} already complete, skipping ({cfg.output_dir})")
-
-    def close(self) -> None:
-        self._stop()

@@ -27,7 +27,6 @@ disabled for a PEFT policy, else a frozen copy taken before training.
 from __future__ import annotations
 
 import copy
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from torch import nn
 from transformers import GenerationConfig, Trainer
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, disable_dropout_in_model, selective_log_softmax
+
+from llmtrain.trainer.stages.common import GenerationTimer
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 VALUE_HEAD = "value_head.safetensors"
@@ -179,7 +180,7 @@ def reward_model_scorer(reward_model: nn.Module) -> ScoreFn:
     return score
 
 
-class PPOTrainer(Trainer):
+class PPOTrainer(GenerationTimer, Trainer):
     loss_is_scaled_for_ga = False  # a mean per micro-batch: let the Trainer divide by GA
     save_value_head = True  # checkpoints need it; the stage's final/ is the policy alone
 
@@ -235,9 +236,6 @@ class PPOTrainer(Trainer):
         self._buffer: list[dict[str, torch.Tensor]] | None = None
         self._calls = 0
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self.generation_seconds = 0.0
-        self.update_seconds = 0.0
-        self._step_generation = 0.0
 
     def _prepare_frozen(self, module: nn.Module) -> nn.Module:
         module.eval().requires_grad_(False)
@@ -266,14 +264,15 @@ class PPOTrainer(Trainer):
 
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:  # type: ignore[override]
         if self._calls % self.steps_per_rollout == 0 or self._buffer is None:
-            self._buffer = self._rollout(super()._prepare_inputs(inputs))
+            prompts = super()._prepare_inputs(inputs)
+            with self.generating():  # sampling, scoring and the advantages
+                self._buffer = self._rollout(prompts)
         batch = self._buffer[self._calls % self.steps_per_rollout]
         self._calls += 1
         return batch
 
     @torch.no_grad()
     def _rollout(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        started = time.perf_counter()
         query, qmask = batch["input_ids"], batch["attention_mask"]
         ctx = query.shape[1]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
@@ -323,9 +322,6 @@ class PPOTrainer(Trainer):
             for i in range(0, ids.shape[0], self.micro_size):
                 sel = order[i : i + self.micro_size]
                 micro.append({k: v[sel] for k, v in rollout.items()} | {"context_length": ctx})
-        elapsed = time.perf_counter() - started
-        self.generation_seconds += elapsed
-        self._step_generation += elapsed
         return micro
 
     def _token_logprobs(self, logits: torch.Tensor, ids: torch.Tensor, ctx: int) -> torch.Tensor:
@@ -350,18 +346,10 @@ class PPOTrainer(Trainer):
             self._metrics[k].append(v)
         return loss
 
-    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        started = time.perf_counter()
-        out = super().training_step(*args, **kwargs)
-        self.update_seconds += time.perf_counter() - started - self._step_generation
-        self._step_generation = 0.0
-        return out
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._metrics:
             logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
-            logs["generation_seconds"] = self.generation_seconds  # cumulative: counters
-            logs["update_seconds"] = self.update_seconds
+            logs.update(self.timing())  # cumulative: counters
             self._metrics.clear()
         super().log(logs, start_time)
 

@@ -1,4 +1,4 @@
-"""Checkpoint and resume: a run stopped by SIGTERM resumes to the same step and loss.
+"""engine.run: a run stopped by SIGTERM checkpoints, and resumes to the same step and loss.
 
 The reference is the session's uninterrupted `pretrained` run; this test runs the same config
 as `llmtrain worker` in a subprocess that joins the session's Ray, stops it with SIGTERM once
