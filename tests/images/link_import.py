@@ -71,7 +71,25 @@ def main() -> int:
     layers = json.loads((args.buildah_root / "overlay-layers" / "layers.json").read_text())
     by_diff = {layer["diff-digest"]: layer["id"] for layer in layers if "diff-digest" in layer}
 
-    linked, t0 = 0, time.monotonic()
+    linked: list[str] = []
+    t0 = time.monotonic()
+    try:
+        link_and_import(args, ctr, manifest, manifest_raw, config_raw, diff_ids, by_diff,
+                        target, linked)
+    finally:
+        # ctr marks what it prepares and commits as a GC root; once an image references the
+        # snapshots (or the caller's fallback import will), they must be collectable again.
+        for chain in linked:
+            subprocess.run([*ctr, "snapshots", "label", chain, "containerd.io/gc.root="],
+                           capture_output=True)
+    print(f"{len(linked)}/{len(diff_ids)} layers linked in {time.monotonic() - t0:.1f}s",
+          file=sys.stderr)
+    return 0
+
+
+def link_and_import(args: argparse.Namespace, ctr: list[str], manifest: dict, manifest_raw: bytes,
+                    config_raw: bytes, diff_ids: list[str], by_diff: dict[str, str], target: str,
+                    linked: list[str]) -> None:
     chains = chain_ids(diff_ids)
     for i, (diff, chain) in enumerate(zip(diff_ids, chains, strict=True)):
         if subprocess.run([*ctr, "snapshots", "info", chain], capture_output=True).returncode == 0:
@@ -94,7 +112,7 @@ def main() -> int:
         except BaseException:
             subprocess.run([*ctr, "snapshots", "rm", key], capture_output=True)
             raise
-        linked += 1
+        linked.append(chain)
 
     # An OCI archive with just the manifest and the config; the layers are snapshots now.
     digest = "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
@@ -113,9 +131,6 @@ def main() -> int:
     run(*ctr, "images", "import", "-", input=buf.getvalue())
     if target not in run(*ctr, "images", "ls", "-q").split():
         raise SystemExit(f"{target} not in containerd after the import")
-    print(f"{linked}/{len(diff_ids)} layers linked in {time.monotonic() - t0:.1f}s",
-          file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
