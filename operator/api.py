@@ -32,6 +32,7 @@ from llmtrain.trainer.config import (
     StageType,
     cel,
 )
+from llmtrain.trainer.contract import Progress
 
 GROUP = "llmtrain.io"
 VERSION = "v1alpha1"
@@ -236,16 +237,6 @@ class Condition(Model):
     reason: str = Field("", description="Machine-readable CamelCase reason.")
     message: str = Field("", description="Human-readable details.")
     last_transition_time: str | None = Field(None, description="When status last changed.")
-
-
-class Progress(Model):
-    step: int = Field(0, ge=0, description="Optimizer steps done.")
-    total_steps: int = Field(0, ge=0, description="Optimizer steps planned.")
-    loss: float | None = Field(None, description="Latest training loss.")
-    eval_loss: float | None = Field(None, description="Latest evaluation loss.")
-    tokens_per_second: float | None = Field(None, description="Recent throughput.")
-    eta_seconds: float | None = Field(None, description="Estimated seconds left in the stage.")
-    epoch: float | None = Field(None, description="Fractional epoch.")
 
 
 class StageStatus(Model):

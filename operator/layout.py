@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtrain.operator import api
-from llmtrain.trainer.config import StageConfig, resolve_stages
+from llmtrain.trainer.contract import FINAL, StageConfig, resolve_stages
 
 # CONVENTIONS §4: the labels the outside world sees.
 LABEL_JOB = "llmtrain.io/job"
@@ -173,7 +173,7 @@ def stage_config(
 
 def stage_output(job: api.LLMTrainingJob, stage: str) -> str:
     """Where a finished stage's model lives, as recorded in status.stages[].output."""
-    out = f"{stage_config(job, stage).output_dir}/final"
+    out = f"{stage_config(job, stage).output_dir}/{FINAL}"
     store = job.spec.storage.object_store
     if store is not None:
         # The trainer uploads the stage directory under the bucket with the same layout.

@@ -21,8 +21,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmtrain.operator.api import Progress
 from llmtrain.operator.layout import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, LABEL_STAGE
+from llmtrain.trainer.contract import CHECKPOINT_STEP_METRIC, Progress
 
 log = logging.getLogger(__name__)
 
@@ -112,34 +112,20 @@ def _waiting(status: Mapping[str, Any], scheduled: Mapping[str, Any]) -> tuple[s
     return None
 
 
-# Progress fields and the driver metric each one comes from.
-_PROGRESS_FIELDS = {
-    "llmtrain_train_loss": "loss",
-    "llmtrain_eval_loss": "eval_loss",
-    "llmtrain_tokens_per_second": "tokens_per_second",
-    "llmtrain_eta_seconds": "eta_seconds",
-    "llmtrain_epoch": "epoch",
-}
-
-
 def _num(x: float) -> float:
     """Six significant digits: enough for a status, and it keeps writes from churning."""
     return float(f"{x:.6g}")
 
 
-def fold(progress: Progress, values: Mapping[str, float]) -> tuple[Progress, dict[str, float], int]:
-    """(progress, metrics, newest checkpoint step) after a scrape: what the driver said,
-    over what the stage showed before (a metric the driver has not logged yet keeps its
-    old value)."""
+def fold(
+    progress: Progress, values: Mapping[str, float]
+) -> tuple[Progress, dict[str, float], int]:
+    """(progress, metrics, newest checkpoint step) after a scrape: what the driver said, over
+    what the stage showed before (a metric the driver has not logged yet keeps its value)."""
     v = {k: _num(x) for k, x in values.items() if math.isfinite(x)}
-    fields: dict[str, Any] = {
-        "step": int(v.get("llmtrain_train_step", progress.step)),
-        "total_steps": int(v.get("llmtrain_train_total_steps", progress.total_steps)),
-    }
-    for metric, name in _PROGRESS_FIELDS.items():
-        fields[name] = v.get(metric, getattr(progress, name))
     metrics = {k.removeprefix("llmtrain_"): x for k, x in sorted(v.items())}
-    return Progress(**fields), metrics, int(v.get("llmtrain_checkpoint_step", 0))
+    step = int(v.get(CHECKPOINT_STEP_METRIC, 0))
+    return Progress.from_metrics(v, previous=progress), metrics, step
 
 
 def parse_metrics(text: str) -> dict[str, float]:

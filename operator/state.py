@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from llmtrain.operator import api, layout, progress
 from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, StageStatus
 from llmtrain.operator.progress import PodView
-from llmtrain.trainer.contract import retryable
+from llmtrain.trainer.contract import checkpoint_dir, retryable
 
 # Condition types (metav1.Condition.type).
 COND_CREATED = "Created"
@@ -649,7 +649,7 @@ def _progress(
     cur.progress = new
     if ckpt > 0:
         out = layout.stage_config(job, cur.name).output_dir
-        cur.last_checkpoint = f"{out}/checkpoints/checkpoint-{ckpt}"
+        cur.last_checkpoint = checkpoint_dir(out, ckpt)
     st.progress = f"{new.step}/{new.total_steps}"
     st.loss = new.loss
     return _stalled(job, cur, now)

@@ -12,7 +12,7 @@ The job API (`llmtrain.operator.api`) composes these blocks into `LLMTrainingJob
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -404,17 +404,3 @@ def stage_problems(stage: StageSpec) -> list[tuple[str, str]]:
             ("dataset.format", f"{stage.type} stages need {need} data, not {stage.dataset.format}")
         )
     return out
-
-
-# transitional: the operator switches to contract (StageConfig and resolve_stages live there)
-if TYPE_CHECKING:
-    from llmtrain.trainer.contract import StageConfig as StageConfig
-    from llmtrain.trainer.contract import resolve_stages as resolve_stages
-else:
-
-    def __getattr__(name: str) -> Any:
-        if name in ("StageConfig", "resolve_stages"):
-            from llmtrain.trainer import contract
-
-            return getattr(contract, name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

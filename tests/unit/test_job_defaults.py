@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from llmtrain.operator import api, kube, layout, manifests, progress, reconcile
 from llmtrain.operator.metrics import OperatorMetrics
-from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import StageConfig
 
 DOC: dict[str, Any] = {
     "apiVersion": "llmtrain.io/v1alpha1",

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from llmtrain.operator import api, layout, manifests
-from llmtrain.trainer.config import StageConfig
+from llmtrain.trainer.contract import StageConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
