@@ -40,7 +40,7 @@ from llmtrain.operator.layout import (
     storage_claim,
 )
 from llmtrain.operator.podtemplate import PodTemplate
-from llmtrain.trainer.contract import ExitCode
+from llmtrain.trainer.contract import ENV_HF_TOKEN, ENV_RAY_ADDRESS, ExitCode
 
 Manifest = dict[str, Any]
 # Time the trainer gets after SIGTERM (suspend, teardown) to write a checkpoint.
@@ -95,22 +95,16 @@ def _secret_env(name: str, ref: Any) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def _env(job: api.LLMTrainingJob, stage: str, attempt: int, rank: int) -> list[dict[str, Any]]:
+def _env(job: api.LLMTrainingJob, stage: str, attempt: int) -> list[dict[str, Any]]:
     spec = job.spec
     ns = namespace_of(job)
+    # What the trainer reads (docs/contracts.md §2); everything else is in the stage config.
     env: list[dict[str, Any]] = [
-        {"name": "LLMTRAIN_JOB", "value": job.metadata.name},
-        {"name": "LLMTRAIN_NAMESPACE", "value": ns},
-        {"name": "LLMTRAIN_STAGE", "value": stage},
-        {"name": "LLMTRAIN_ATTEMPT", "value": str(attempt)},
-        {"name": "LLMTRAIN_RANK", "value": str(rank)},
-        {"name": "LLMTRAIN_WORLD_SIZE", "value": str(spec.resources.workers)},
-        {"name": "LLMTRAIN_STORAGE", "value": spec.storage.mount_path},
-        {"name": "RAY_ADDRESS", "value": head_address(job.metadata.name, stage, attempt, ns)},
+        {"name": ENV_RAY_ADDRESS, "value": head_address(job.metadata.name, stage, attempt, ns)},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     if spec.model.hub_token is not None:
-        env.append(_secret_env("HF_TOKEN", spec.model.hub_token))
+        env.append(_secret_env(ENV_HF_TOKEN, spec.model.hub_token))
     store = spec.storage.object_store
     if store is not None:
         env.append({"name": "LLMTRAIN_OBJECT_STORE_URI", "value": store.uri})
@@ -240,7 +234,7 @@ def build_worker_pod(
         "name": CONTAINER,
         "image": r.image or defaults.image,
         "command": _command(job, rank),
-        "env": _env(job, stage, attempt, rank)
+        "env": _env(job, stage, attempt)
         + [e.manifest() for e in (extra.env if extra else [])],
         "resources": _resources(job),
         "volumeMounts": _mounts(job, pvc) + (_dump(extra.volume_mounts) if extra else []),

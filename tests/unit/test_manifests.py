@@ -202,28 +202,14 @@ def test_rank_zero_is_head_and_driver_others_join() -> None:
 
 
 def test_environment_follows_the_contract() -> None:
+    """Only what the trainer reads (docs/contracts.md §2): the Ray head, the pod's own IP for
+    Ray, and the hub token by reference; the stage's identity is in its config file."""
     e = env(manifests.build_worker_pod(make(), "dpo", 3, 2, DEFAULTS))
-    assert {
-        k: e[k]
-        for k in (
-            "LLMTRAIN_JOB",
-            "LLMTRAIN_NAMESPACE",
-            "LLMTRAIN_STAGE",
-            "LLMTRAIN_ATTEMPT",
-            "LLMTRAIN_RANK",
-            "LLMTRAIN_WORLD_SIZE",
-            "LLMTRAIN_STORAGE",
-        )
-    } == {
-        "LLMTRAIN_JOB": "chat",
-        "LLMTRAIN_NAMESPACE": "ml",
-        "LLMTRAIN_STAGE": "dpo",
-        "LLMTRAIN_ATTEMPT": "3",
-        "LLMTRAIN_RANK": "2",
-        "LLMTRAIN_WORLD_SIZE": "3",
-        "LLMTRAIN_STORAGE": "/storage",
+    assert e == {
+        "RAY_ADDRESS": "chat-dpo-a3-0.chat-dpo-a3.ml.svc:6379",
+        "POD_IP": {"fieldRef": {"fieldPath": "status.podIP"}},
+        "HF_TOKEN": {"secretKeyRef": {"name": "hf", "key": "token"}},
     }
-    assert e["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
 
 
 def test_resources_volumes_and_mounts() -> None:
@@ -369,7 +355,7 @@ def test_pod_template_adds_to_the_pod_and_keeps_our_identity() -> None:
     assert [c["name"] for c in spec["containers"]] == ["trainer", "shipper"]
     trainer, shipper = spec["containers"]
     assert trainer["image"] == IMAGE and trainer["command"][0] == "/bin/sh"
-    assert env(pod)["NCCL_DEBUG"] == "INFO" and env(pod)["LLMTRAIN_STORAGE"] == "/storage"
+    assert env(pod)["NCCL_DEBUG"] == "INFO" and env(pod)["RAY_ADDRESS"].startswith("chat-sft-a1-0")
     assert trainer["envFrom"] == [{"configMapRef": {"name": "nccl"}}]
     assert [m["name"] for m in trainer["volumeMounts"]] == ["storage", "dshm", "config", "cache"]
     assert shipper["env"] == [
