@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from llmtrain.operator.resources import CONTAINER_SECURITY, POD_SECURITY
+from llmtrain.operator.manifests import CONTAINER_SECURITY, POD_SECURITY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
