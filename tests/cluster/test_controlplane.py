@@ -123,11 +123,11 @@ def _no_stages(job: dict[str, Any]) -> None:
     ("mutate", "expected"),
     [
         (_unknown_type, 'spec.stages[0].type: Unsupported value: "rlhf"'),
-        (_duplicate_stage, "stage names must be unique"),
+        (_duplicate_stage, 'spec.stages[1]: Duplicate value: {"name":'),  # a list-map by name
         (_dpo_on_sft, "dpo is only allowed on dpo stages"),
         (_no_stages, "spec.stages: Required value"),
     ],
-    ids=["type-not-in-enum", "duplicate-stage-names-cel", "dpo-on-sft-cel", "no-stages"],
+    ids=["type-not-in-enum", "duplicate-stage-names", "dpo-on-sft-cel", "no-stages"],
 )
 def test_invalid_job_is_rejected_by_the_apiserver(
     api: Any, llmtj_crd: dict[str, Any], namespace: str, mutate: Any, expected: str
