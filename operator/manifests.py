@@ -123,11 +123,14 @@ def _command(job: api.LLMTrainingJob, rank: int) -> list[str]:
     IP), then the driver, whose exit code is the stage's (contract.ExitCode). Other ranks:
     Ray workers, which end only when the head is gone: a retryable exit."""
     gpus = job.spec.resources.gpus_per_worker
+    # Ray truncates a fractional CPU limit (900m -> 0), and a Ray node with no CPU runs no
+    # Ray Train worker: say how many it has, at least one.
+    cpus = f"--num-cpus={max(1, int(_cores(job.spec.resources.cpu)))}"
     if rank == 0:
         # RAY_ADDRESS names this very head; `ray start --head` must not try to join it.
         script = (
             f"env -u RAY_ADDRESS ray start --head --port={RAY_GCS_PORT} --node-ip-address=$POD_IP"
-            f" --num-gpus={gpus} --include-dashboard=false --disable-usage-stats"
+            f" --num-gpus={gpus} {cpus} --include-dashboard=false --disable-usage-stats"
             f" && exec llmtrain worker --stage-config {CONFIG_FILE}"
         )
     else:
@@ -137,11 +140,17 @@ def _command(job: api.LLMTrainingJob, rank: int) -> list[str]:
             f"trap 'exit {ExitCode.RETRYABLE}' TERM;"
             " until ray health-check --address=$RAY_ADDRESS >/dev/null 2>&1; do sleep 2; done;"
             " ray start --address=$RAY_ADDRESS --node-ip-address=$POD_IP"
-            f" --num-gpus={gpus} --block & pid=$!;"
+            f" --num-gpus={gpus} {cpus} --block & pid=$!;"
             " trap 'kill -TERM $pid' TERM; wait $pid; wait $pid;"
             f" exit {ExitCode.RETRYABLE}"
         )
     return ["/bin/sh", "-c", script]
+
+
+def _cores(quantity: int | str) -> float:
+    """CPUs in a Kubernetes CPU quantity: 8, "8", "7.5" or "500m"."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 def _volumes(

@@ -521,3 +521,12 @@ def test_network_policy_admits_only_the_job_and_the_metrics_readers() -> None:
         o["kind"] == "NetworkPolicy"
         for o in manifests.build_stage_objects(make(), "sft", 2, DEFAULTS)
     )
+
+
+@pytest.mark.parametrize(("cpu", "ray"), [("900m", 1), ("16", 16), (8, 8), ("7.5", 7)])
+def test_ray_is_told_its_cpus(cpu: Any, ray: int) -> None:
+    """Ray truncates a fractional CPU limit to 0 and then runs no Ray Train worker there."""
+    job = make(resources={**BASE["spec"]["resources"], "cpu": cpu})
+    for rank in (0, 1):
+        script = manifests.build_worker_pod(job, "sft", 1, rank)["spec"]["containers"][0]
+        assert f"--num-cpus={ray} " in script["command"][2]
