@@ -197,7 +197,9 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     # so a local run with more workers than cores starts instead of waiting forever.
     cpus = resources.get("CPU", 1.0)
     per_worker: dict[str, float] = {"CPU": max(1, int(cpus // cfg.workers))}
-    if cpus < cfg.workers:
+    # Not when joining a cluster: its other pods may not have joined yet, and a whole CPU per
+    # worker makes Ray Train wait for them instead of crowding every worker onto the head.
+    if cpus < cfg.workers and not os.environ.get(ENV_RAY_ADDRESS):
         per_worker["CPU"] = cpus / cfg.workers
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     # Ray Train extras a stage does not use, each one more actor process to start: the

@@ -196,6 +196,10 @@ def test_three_stages_survive_a_lost_pod_a_killed_process_and_a_suspension(
     seen.append(job.table())
     wait("a checkpoint", lambda: job.stage("pretrain").get("lastCheckpoint"), 600)
     seen.append(job.table())
+    # The gang spans both pods: a Ray Train worker runs in the worker pod too.
+    real_cluster.kubectl(
+        "exec", "-n", ns, "e2e-pretrain-a1-1", "--", "pgrep", "-f", "RayTrainWorker"
+    )
     t = time.monotonic()
     real_cluster.kubectl("delete", "pod", "e2e-pretrain-a1-1", "-n", ns, "--wait=false")
     job.running("pretrain", 2, timeout=600)
