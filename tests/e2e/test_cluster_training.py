@@ -164,7 +164,7 @@ def manifest(name: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
                 "shmSize": "1Gi",
             },
             "storage": {"pvc": {"claimName": "llm-storage"}},
-            "checkpointing": {"everySteps": 5, "keep": 2},
+            "checkpointing": {"everySteps": 20, "keep": 2},
             "runPolicy": {"backoffLimit": 3, "stallTimeoutSeconds": 900},
         },
     }
@@ -172,7 +172,9 @@ def manifest(name: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def quickstart_stages() -> list[dict[str, Any]]:
     stages = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())["spec"]["stages"]
-    steps = {"pretrain": 80, "sft": 40, "dpo": 20}
+    # Long enough (30-45 s each on 2 CPUs) that a disruption lands mid-training: the
+    # quickstart's own step counts train for seconds, after a minute of start-up.
+    steps = {"pretrain": 300, "sft": 250, "dpo": 150}
     for st in stages:
         st["dataset"]["source"] = "/storage/data/" + Path(st["dataset"]["source"]).name
         st["hyperparameters"].update(maxSteps=steps[st["name"]], loggingSteps=2)
@@ -260,6 +262,8 @@ def test_three_stages_survive_a_lost_pod_a_killed_process_and_a_suspension(
     ckpts = sorted((root / "e2e" / "dpo" / "checkpoints").glob("checkpoint-*/COMPLETE"))
     assert ckpts, "the driver saved nothing before the gang went"
     saved = max(int(p.parent.name.split("-")[1]) for p in ckpts)
+    # Saved on the way out (not a periodic save, every 20 steps), and not finished.
+    assert saved % 20 and not (root / "e2e" / "dpo" / "result.json").exists(), saved
     real_cluster.kubectl(
         "patch", "llmtj", "e2e", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": false}}'
     )
