@@ -27,6 +27,7 @@ tools:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/llmtrain crd --check
 
 # mypy and import-linter read a built copy: neither follows setuptools' editable finder,

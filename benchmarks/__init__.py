@@ -1,5 +1,5 @@
 """Benchmarks: one command each, always against a named baseline measured in the same run.
 
-    python -m benchmarks                    # all of them
-    python -m benchmarks.sft_throughput     # our SFT stage vs TRL's SFTTrainer
+python -m benchmarks                    # all of them
+python -m benchmarks.sft_throughput     # our SFT stage vs TRL's SFTTrainer
 """

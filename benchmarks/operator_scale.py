@@ -34,14 +34,25 @@ from tests.controlplane import cluster as cp  # noqa: E402
 
 def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
     return {
-        "apiVersion": api.API_VERSION, "kind": api.KIND,
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "model": {"source": "org/base"},
-            "stages": [{"name": "sft", "type": "sft",
-                        "dataset": {"source": "/storage/d.jsonl", "format": "messages"}}],
-            "resources": {"workers": workers, "gpusPerWorker": 1, "cpu": "1", "memory": "1Gi",
-                          "shmSize": "1Gi"},
+            "stages": [
+                {
+                    "name": "sft",
+                    "type": "sft",
+                    "dataset": {"source": "/storage/d.jsonl", "format": "messages"},
+                }
+            ],
+            "resources": {
+                "workers": workers,
+                "gpusPerWorker": 1,
+                "cpu": "1",
+                "memory": "1Gi",
+                "shmSize": "1Gi",
+            },
         },
     }
 
@@ -87,8 +98,9 @@ class PodWatch(_Watch):
         super().__init__()
 
     def _stream(self) -> Any:
-        return self._w.stream(self.core.list_namespaced_pod, self.ns, timeout_seconds=0,
-                              _request_timeout=None)
+        return self._w.stream(
+            self.core.list_namespaced_pod, self.ns, timeout_seconds=0, _request_timeout=None
+        )
 
     def _on(self, pod: Any, now: float) -> None:
         self.seen.setdefault(pod.metadata.name, now)
@@ -105,8 +117,14 @@ class JobWatch(_Watch):
         super().__init__()
 
     def _stream(self) -> Any:
-        return self._w.stream(self.custom.list_namespaced_custom_object, api.GROUP, api.VERSION,
-                              self.ns, api.PLURAL, timeout_seconds=0)
+        return self._w.stream(
+            self.custom.list_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            self.ns,
+            api.PLURAL,
+            timeout_seconds=0,
+        )
 
     def _on(self, obj: Any, now: float) -> None:
         if (obj.get("status") or {}).get("currentStage"):
@@ -140,17 +158,38 @@ def wait(what: str, check: Any, timeout: float) -> bool:
     return False
 
 
-def run_operator_round(c: Any, core: Any, custom: Any, n: int, workers: int,
-                       threads: int, workdir: Path, extra: list[str]) -> dict[str, Any]:
+def run_operator_round(
+    c: Any,
+    core: Any,
+    custom: Any,
+    n: int,
+    workers: int,
+    threads: int,
+    workdir: Path,
+    extra: list[str],
+) -> dict[str, Any]:
     ns = "bench-operator"
     c.create_namespace(ns)
     log = (workdir / "operator.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
     env.update(KUBECONFIG=str(c.kubeconfig), NO_PROXY="*", no_proxy="*")
     op = subprocess.Popen(
-        [str(Path(sys.executable).parent / "llmtrain"), "operator", "--all-namespaces",
-         "--standalone", "--metrics-bind", "", "--health-bind", "127.0.0.1:0", *extra],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "llmtrain"),
+            "operator",
+            "--all-namespaces",
+            "--standalone",
+            "--metrics-bind",
+            "",
+            "--health-bind",
+            "127.0.0.1:0",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     time.sleep(4)  # startup: imports, CRD scan, first (empty) listings
     rss0 = _rss(op.pid)
     pods = PodWatch(core, ns)
@@ -160,8 +199,9 @@ def run_operator_round(c: Any, core: Any, custom: Any, n: int, workers: int,
     def create(i: int) -> None:
         name = f"job-{i:04d}"
         t0 = time.monotonic()
-        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL,
-                                               job_body(name, ns, workers))
+        custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, ns, api.PLURAL, job_body(name, ns, workers)
+        )
         created[name] = t0
 
     start = time.monotonic()
@@ -179,7 +219,8 @@ def run_operator_round(c: Any, core: Any, custom: Any, n: int, workers: int,
     return {
         "submit_seconds": round(submitted, 2),
         "first_status_write": percentiles(
-            [jobs.status[j] - t for j, t in created.items() if j in jobs.status]),
+            [jobs.status[j] - t for j, t in created.items() if j in jobs.status]
+        ),
         "pods_exist": percentiles(per_job(created, pods.seen, workers)),
         "pods_running": percentiles(per_job(created, pods.running, workers)),
         "jobs_complete": len(per_job(created, pods.seen, workers)),
@@ -204,10 +245,13 @@ def run_baseline_round(c: Any, core: Any, n: int, workers: int, threads: int) ->
             kind = obj["kind"]
             # Not ours to reconcile: the operator round must not see these pods.
             obj["metadata"]["labels"]["bench.llmtrain.io/job"] = obj["metadata"]["labels"].pop(
-                layout.LABEL_JOB)
-            fn = {"ConfigMap": core.create_namespaced_config_map,
-                  "Service": core.create_namespaced_service,
-                  "Pod": core.create_namespaced_pod}[kind]
+                layout.LABEL_JOB
+            )
+            fn = {
+                "ConfigMap": core.create_namespaced_config_map,
+                "Service": core.create_namespaced_service,
+                "Pod": core.create_namespaced_pod,
+            }[kind]
             fn(ns, obj, _preload_content=False)
 
     with ThreadPoolExecutor(threads) as pool:
@@ -245,18 +289,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=60, help="kwok nodes (8 GPUs each)")
     ap.add_argument("--threads", type=int, default=16, help="parallel creates, both rounds")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--operator-arg", action="append", default=[],
-                    help="extra `llmtrain operator` argument (repeatable), e.g. --verbose")
+    ap.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        help="extra `llmtrain operator` argument (repeatable), e.g. --verbose",
+    )
     args = ap.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="llmtrain-bench-"))
-    print(f"building/starting control plane ({args.nodes} kwok nodes) in {workdir} ...",
-          file=sys.stderr)
+    print(
+        f"building/starting control plane ({args.nodes} kwok nodes) in {workdir} ...",
+        file=sys.stderr,
+    )
     with cp.Cluster(cp.build(), workdir, nodes=args.nodes) as c:
         c.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "llmtrainingjobs.yaml"))
-        wait("CRD established", lambda: "True" in c.kubectl(
-            "get", "crd", "llmtrainingjobs.llmtrain.io", "-o",
-            "jsonpath={.status.conditions[?(@.type=='Established')].status}", check=False), 60)
+        wait(
+            "CRD established",
+            lambda: (
+                "True"
+                in c.kubectl(
+                    "get",
+                    "crd",
+                    "llmtrainingjobs.llmtrain.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                    check=False,
+                )
+            ),
+            60,
+        )
         client = c.api_client()
         from kubernetes import client as k
 
@@ -266,10 +328,17 @@ def main(argv: list[str] | None = None) -> int:
             print("baseline: direct-create ...", file=sys.stderr)
             baseline = run_baseline_round(c, core, args.jobs, args.workers, args.threads)
         print("operator ...", file=sys.stderr)
-        operator = run_operator_round(c, core, custom, args.jobs, args.workers, args.threads,
-                                      workdir, args.operator_arg)
-    report = {"jobs": args.jobs, "pods_per_job": args.workers, "kwok_nodes": args.nodes,
-              "cpus": os.cpu_count(), "baseline_direct_create": baseline, "operator": operator}
+        operator = run_operator_round(
+            c, core, custom, args.jobs, args.workers, args.threads, workdir, args.operator_arg
+        )
+    report = {
+        "jobs": args.jobs,
+        "pods_per_job": args.workers,
+        "kwok_nodes": args.nodes,
+        "cpus": os.cpu_count(),
+        "baseline_direct_create": baseline,
+        "operator": operator,
+    }
     print(json.dumps(report, indent=2))
     return 0
 

@@ -22,7 +22,6 @@ from pydantic import ConfigDict, Field, ValidationError
 from llmtrain.operator.podtemplate import EnvVar, PodTemplate, Quantity
 from llmtrain.operator.podtemplate import problems as pod_template_problems
 from llmtrain.trainer.config import (
-    STAGE_FORMATS,
     CheckpointSpec,
     DistributedSpec,
     Model,
@@ -31,6 +30,7 @@ from llmtrain.trainer.config import (
     StageSpec,
     StageType,
     cel,
+    stage_problems,
 )
 from llmtrain.trainer.contract import Progress
 
@@ -394,9 +394,6 @@ def _semantic_problems(model: ModelSpec | None, stages: list[StageSpec | Any]) -
             continue
         if st.name in seen:
             out.append(Problem(f"{at}.name", f"duplicate stage name {st.name!r}"))
-        for block in ("dpo", "ppo", "grpo"):
-            if getattr(st, block) is not None and st.type != block:
-                out.append(Problem(f"{at}.{block}", f"only allowed when type is {block}"))
         refs = [("inputModel", st.input_model)]
         if st.ppo:
             refs.append(("ppo.rewardModel", st.ppo.reward_model))
@@ -415,21 +412,8 @@ def _semantic_problems(model: ModelSpec | None, stages: list[StageSpec | Any]) -
                 out.append(
                     Problem(f"{at}.{field}.fromStage", f"{ref.from_stage!r} is not a reward stage")
                 )
-        if st.type == StageType.ppo and st.ppo is None:
-            out.append(Problem(f"{at}.ppo", "required for ppo stages (ppo.rewardModel)"))
-        if st.type == StageType.grpo:
-            g = st.grpo
-            if g is None or (g.reward_model is None and not g.reward_functions):
-                out.append(Problem(f"{at}.grpo", "needs rewardModel or rewardFunctions"))
-        formats = STAGE_FORMATS[StageType(st.type)]
-        if st.dataset.format not in formats:
-            need = " or ".join(map(str, formats))
-            out.append(
-                Problem(
-                    f"{at}.dataset.format",
-                    f"{st.type} stages need {need} data, not {st.dataset.format}",
-                )
-            )
+        # The per-stage rules (STAGE_RULES), worded as the driver words them at start-up.
+        out += [Problem(f"{at}.{field}", message) for field, message in stage_problems(st)]
         if i == 0 and st.input_model is None and model and not (model.source or model.architecture):
             out.append(Problem("spec.model", "set source or architecture"))
         seen[st.name] = i

@@ -42,7 +42,6 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/llmtrain/trainer:0.1.0"
 DEFAULT_METRICS_PORT = 9400
 
 
-
 @dataclass(frozen=True)
 class JobDefaults:
     """What the operator fills in where a job leaves it unset: the `llmtrain operator`

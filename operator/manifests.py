@@ -46,6 +46,7 @@ Manifest = dict[str, Any]
 # Time the trainer gets after SIGTERM (suspend, teardown) to write a checkpoint.
 TERMINATION_GRACE_SECONDS = 120
 
+
 def _metadata(job: api.LLMTrainingJob, name: str, lbls: dict[str, str]) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace_of(job), "labels": lbls}
     if (job.metadata.model_extra or {}).get("uid"):  # absent when rendering a local file
@@ -243,8 +244,7 @@ def build_worker_pod(
         "name": CONTAINER,
         "image": r.image or defaults.image,
         "command": _command(job, rank),
-        "env": _env(job, stage, attempt)
-        + [e.manifest() for e in (extra.env if extra else [])],
+        "env": _env(job, stage, attempt) + [e.manifest() for e in (extra.env if extra else [])],
         "resources": _resources(job),
         "volumeMounts": _mounts(job, pvc) + (_dump(extra.volume_mounts) if extra else []),
     }

@@ -117,9 +117,7 @@ def _num(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def fold(
-    progress: Progress, values: Mapping[str, float]
-) -> tuple[Progress, dict[str, float], int]:
+def fold(progress: Progress, values: Mapping[str, float]) -> tuple[Progress, dict[str, float], int]:
     """(progress, metrics, newest checkpoint step) after a scrape: what the driver said, over
     what the stage showed before (a metric the driver has not logged yet keeps its value)."""
     v = {k: _num(x) for k, x in values.items() if math.isfinite(x)}

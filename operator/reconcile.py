@@ -136,9 +136,7 @@ async def _reconcile(
     defaults, policy = ctx.options.job_defaults, ctx.options.policy
     try:
         job = api.parse_job({k: v for k, v in body.items() if k != "status"})
-        problems = (
-            layout.cluster_problems(job, defaults) if old.phase == api.Phase.Pending else []
-        )
+        problems = layout.cluster_problems(job, defaults) if old.phase == api.Phase.Pending else []
     except api.SpecError as e:
         problems = e.problems
     if problems:

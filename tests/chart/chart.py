@@ -99,16 +99,26 @@ def helm(
 
 
 def render(
-    values: str | None = None, *sets: str, namespace: str = NAMESPACE,
-    api_versions: tuple[str, ...] = (MONITORING_API,), kube: str | None = None,
+    values: str | None = None,
+    *sets: str,
+    namespace: str = NAMESPACE,
+    api_versions: tuple[str, ...] = (MONITORING_API,),
+    kube: str | None = None,
 ) -> list[dict[str, Any]]:
     """`helm template` the chart; values is a file name in ci/ or a path.
 
     By default for a cluster with the prometheus-operator CRDs (`api_versions`); pass
     `api_versions=()` for a bare one.
     """
-    args = ["template", RELEASE, str(CHART), "--namespace", namespace,
-            "--kube-version", kube or kube_version()]
+    args = [
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        kube or kube_version(),
+    ]
     for api in api_versions:
         args += ["--api-versions", api]
     if values:
@@ -123,8 +133,9 @@ def render(
 def find_all(
     docs: list[dict[str, Any]], kind: str, name: str | None = None
 ) -> list[dict[str, Any]]:
-    return [d for d in docs
-            if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -184,12 +195,21 @@ def values_table() -> str:
         value: Any = values
         for k in path.split("."):
             value = value[k]
-        following = [ln for ln in lines[i + 1:] if ln.strip()]
-        if m.group(3).strip() == "" and following and (
-                len(following[0]) - len(following[0].lstrip()) > indent):
+        following = [ln for ln in lines[i + 1 :] if ln.strip()]
+        if (
+            m.group(3).strip() == ""
+            and following
+            and (len(following[0]) - len(following[0].lstrip()) > indent)
+        ):
             skip_below = indent
-        kind = {dict: "object", list: "list", bool: "bool", int: "int", float: "float",
-                str: "string"}[type(value)]
+        kind = {
+            dict: "object",
+            list: "list",
+            bool: "bool",
+            int: "int",
+            float: "float",
+            str: "string",
+        }[type(value)]
         description = " ".join(comment)[2:].strip().replace("|", "\\|")
         rows.append(f"| `{path}` | {kind} | `{json.dumps(value)}` | {description} |")
     return "\n".join(rows)
@@ -216,8 +236,12 @@ def apply_monitoring_crds(cluster: Any) -> None:
     """The real prometheus-operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MONITORING_CRDS))
     for name in ("servicemonitors", "podmonitors", "prometheusrules"):
-        cluster.kubectl("wait", "--for=condition=Established",
-                        f"crd/{name}.monitoring.coreos.com", "--timeout=60s")
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"crd/{name}.monitoring.coreos.com",
+            "--timeout=60s",
+        )
 
 
 def install(

@@ -58,14 +58,25 @@ NAMESPACED = {
 # The operator's per-attempt NetworkPolicies (networkPolicy.enabled, the default).
 NETWORK_POLICIES = {("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"}}
 # Cluster-scoped reads kopf makes in both modes (the namespaced one too: tests/cluster).
-CLUSTER_READS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-                 ("", "namespaces"): {"get", "list", "watch"}}
+CLUSTER_READS = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"get", "list", "watch"},
+}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_lint(scenario: str) -> None:
-    proc = helm("lint", str(CHART), "--strict", "--kube-version", kube_version(),
-                "--namespace", NAMESPACE, "--values", str(CHART / "ci" / scenario))
+    proc = helm(
+        "lint",
+        str(CHART),
+        "--strict",
+        "--kube-version",
+        kube_version(),
+        "--namespace",
+        NAMESPACE,
+        "--values",
+        str(CHART / "ci" / scenario),
+    )
     assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout, proc.stdout
 
 
@@ -88,8 +99,12 @@ def test_every_scenario_renders_well_formed_objects(scenario: str) -> None:
 
 
 def test_scenarios_cover_defaults_namespaced_monitoring_off_and_minimal() -> None:
-    assert {"defaults-values.yaml", "namespaced-values.yaml",
-            "monitoring-off-values.yaml", "minimal-values.yaml"} <= set(SCENARIOS)
+    assert {
+        "defaults-values.yaml",
+        "namespaced-values.yaml",
+        "monitoring-off-values.yaml",
+        "minimal-values.yaml",
+    } <= set(SCENARIOS)
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
@@ -98,20 +113,28 @@ def test_chart_crds_are_the_generated_ones() -> None:
     assert "llmtrainingjobs.yaml" in top and "kopf-peering.yaml" in top
     assert chart == top, "charts/llmtrain/crds/ must equal crds/ (run `llmtrain crd`, copy)"
     names = {d["metadata"]["name"] for t in chart.values() for d in yaml.safe_load_all(t) if d}
-    assert names == {"llmtrainingjobs.llmtrain.io", "clusterkopfpeerings.kopf.dev",
-                     "kopfpeerings.kopf.dev"}
+    assert names == {
+        "llmtrainingjobs.llmtrain.io",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    }
 
 
 def test_defaults_watch_all_namespaces_with_one_clusterrole() -> None:
     docs = render()
     role = find(docs, "ClusterRole", "llmtrain-operator")
-    expected = {**NAMESPACED, **NETWORK_POLICIES, **CLUSTER_READS,
-                ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+    expected = {
+        **NAMESPACED,
+        **NETWORK_POLICIES,
+        **CLUSTER_READS,
+        ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    }
     assert rules_of(role) == expected
     binding = find(docs, "ClusterRoleBinding", "llmtrain-operator")
     assert binding["roleRef"]["name"] == "llmtrain-operator"
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "llmtrain-operator", "namespace": NAMESPACE}]
+        {"kind": "ServiceAccount", "name": "llmtrain-operator", "namespace": NAMESPACE}
+    ]
     assert find_all(docs, "Role") == []
     assert find(docs, "ClusterKopfPeering", "llmtrain")
     # Without NetworkPolicies the operator does not get to create them either.
@@ -127,15 +150,19 @@ def test_namespaced_mode_uses_a_role_per_namespace() -> None:
     roles = find_all(docs, "Role", "llmtrain-operator")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
-        assert rules_of(role) == {**NAMESPACED, **NETWORK_POLICIES,
-                                  ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
+        assert rules_of(role) == {
+            **NAMESPACED,
+            **NETWORK_POLICIES,
+            ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+        }
     bindings = find_all(docs, "RoleBinding", "llmtrain-operator")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
         assert b["subjects"][0]["namespace"] == NAMESPACE
     # Only the cluster-scoped reads kopf needs; no jobs, pods or peering cluster-wide.
-    cluster_roles = [r for r in find_all(docs, "ClusterRole")
-                     if "operator" in r["metadata"]["name"]]
+    cluster_roles = [
+        r for r in find_all(docs, "ClusterRole") if "operator" in r["metadata"]["name"]
+    ]
     assert [rules_of(r) for r in cluster_roles] == [CLUSTER_READS]
     peerings = find_all(docs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
@@ -161,8 +188,11 @@ def _env(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def _policy_service_account(docs: list[dict[str, Any]]) -> str:
     """The ServiceAccount the admission policy holds the operator's pods to."""
     policy = find(docs, "ValidatingAdmissionPolicy")
-    (rule,) = [v["expression"] for v in policy["spec"]["validations"]
-               if "serviceAccountName" in v["expression"]]
+    (rule,) = [
+        v["expression"]
+        for v in policy["spec"]["validations"]
+        if "serviceAccountName" in v["expression"]
+    ]
     (name,) = set(re.findall(r"== '([^']*)'", rule))
     return name
 
@@ -171,8 +201,11 @@ def test_worker_serviceaccount_defaults_to_each_namespaces_default() -> None:
     """Job pods need no API access: by default they run as `default`, and a new namespace
     needs nothing from the chart (no ServiceAccount, no helm upgrade)."""
     docs = render()
-    assert [sa["metadata"]["name"] for sa in find_all(docs, "ServiceAccount")
-            if sa["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"] == []
+    assert [
+        sa["metadata"]["name"]
+        for sa in find_all(docs, "ServiceAccount")
+        if sa["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ] == []
     assert _env(docs)["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] == ""  # the operator: unset
     assert _policy_service_account(docs) == "default"  # what admission sees then
 
@@ -185,8 +218,9 @@ def test_worker_serviceaccount_named_or_created() -> None:
     assert _policy_service_account(docs) == "trainer"
     # Created by the chart where the operator watches: bound to nothing, no token.
     for scenario, sets, namespaces in [
-            ("namespaced-values.yaml", (), ["team-a", "team-b"]),
-            (None, ("serviceAccount.worker.create=true",), [NAMESPACE])]:
+        ("namespaced-values.yaml", (), ["team-a", "team-b"]),
+        (None, ("serviceAccount.worker.create=true",), [NAMESPACE]),
+    ]:
         docs = render(scenario, *sets)
         workers = find_all(docs, "ServiceAccount", "llmtrain-worker")
         assert sorted(w["metadata"]["namespace"] for w in workers) == namespaces
@@ -216,8 +250,13 @@ def test_deployment_defaults() -> None:
     assert pod["serviceAccountName"] == "llmtrain-operator"
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/llmtrain/operator:0.1.0"
-    assert c["args"] == ["--all-namespaces", "--peering=llmtrain", "--peering-lifetime=15",
-                         "--health-bind=0.0.0.0:8080", "--metrics-bind=0.0.0.0:8000"]
+    assert c["args"] == [
+        "--all-namespaces",
+        "--peering=llmtrain",
+        "--peering-lifetime=15",
+        "--health-bind=0.0.0.0:8080",
+        "--metrics-bind=0.0.0.0:8000",
+    ]
     env = _env(docs)
     assert env["LLMTRAIN_TRAINER_IMAGE"] == "ghcr.io/llmtrain/trainer:0.1.0"
     assert env["LLMTRAIN_METRICS_PORT"] == "9400"
@@ -249,12 +288,17 @@ def test_namespaced_scenario_passes_scheduling_and_job_defaults() -> None:
 
 
 def test_custom_images_tags_and_affinity() -> None:
-    docs = render(None, "image.repository=reg.example/op", "image.tag=v9",
-                  "jobDefaults.image.repository=reg.example/tr", "jobDefaults.image.tag=t1",
-                  "operator.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
-                  ".nodeSelectorTerms[0].matchExpressions[0].key=pool",
-                  "operator.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
-                  ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
+    docs = render(
+        None,
+        "image.repository=reg.example/op",
+        "image.tag=v9",
+        "jobDefaults.image.repository=reg.example/tr",
+        "jobDefaults.image.tag=t1",
+        "operator.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].key=pool",
+        "operator.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+    )
     pod = find(docs, "Deployment")["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["image"] == "reg.example/op:v9"
@@ -270,8 +314,9 @@ def test_single_replica_without_peering() -> None:
 
 
 def test_peering_lifetime_is_a_value() -> None:
-    args = find(render(None, "operator.peering.lifetime=40"), "Deployment")[
-        "spec"]["template"]["spec"]["containers"][0]["args"]
+    args = find(render(None, "operator.peering.lifetime=40"), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]["args"]
     assert "--peering-lifetime=40" in args
     values = (CHART / "values.yaml").read_text()
     assert "within seconds" not in values and "within about `peering.lifetime` seconds" in values
@@ -295,8 +340,9 @@ def test_monitoring_objects_and_toggles() -> None:
     docs = render()
     assert {d["kind"] for d in docs} >= MONITORING_KINDS
     svc = find(docs, "Service", "llmtrain-operator-metrics")
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 8000, "targetPort": "metrics",
-                                     "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}
+    ]
     sm = find(docs, "ServiceMonitor")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
@@ -307,7 +353,8 @@ def test_monitoring_objects_and_toggles() -> None:
     assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert find(render("namespaced-values.yaml"), "PodMonitor")["spec"]["namespaceSelector"] == {
-        "matchNames": ["team-a", "team-b"]}
+        "matchNames": ["team-a", "team-b"]
+    }
     cm = find(docs, "ConfigMap", "llmtrain-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["data"]["llmtrain-jobs.json"] == (CHART / "files/dashboard.json").read_text().strip()
@@ -316,8 +363,11 @@ def test_monitoring_objects_and_toggles() -> None:
     assert not MONITORING_KINDS & {d["kind"] for d in off}
     assert find_all(off, "ConfigMap") == []
     assert find(off, "Service", "llmtrain-operator-metrics")  # still scrapeable by hand
-    for toggle, kind in [("serviceMonitor", "ServiceMonitor"), ("podMonitor", "PodMonitor"),
-                         ("prometheusRule", "PrometheusRule")]:
+    for toggle, kind in [
+        ("serviceMonitor", "ServiceMonitor"),
+        ("podMonitor", "PodMonitor"),
+        ("prometheusRule", "PrometheusRule"),
+    ]:
         kinds = {d["kind"] for d in render(None, f"metrics.{toggle}.enabled=false")}
         assert kind not in kinds and (MONITORING_KINDS - {kind}) <= kinds
 
@@ -325,16 +375,29 @@ def test_monitoring_objects_and_toggles() -> None:
 def test_alert_rules_are_the_five_plus_reconcile_errors() -> None:
     rule = find(render(), "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert set(alerts) == {"LLMTrainJobFailed", "LLMTrainStageStalled", "LLMTrainNoProgress",
-                           "LLMTrainRestartsClimbing", "LLMTrainOperatorDown",
-                           "LLMTrainReconcileErrors"}
-    assert 'up{job="llmtrain-operator-metrics", namespace="llmtrain-system"}' in (
-        alerts["LLMTrainOperatorDown"]["expr"])
+    assert set(alerts) == {
+        "LLMTrainJobFailed",
+        "LLMTrainStageStalled",
+        "LLMTrainNoProgress",
+        "LLMTrainRestartsClimbing",
+        "LLMTrainOperatorDown",
+        "LLMTrainReconcileErrors",
+    }
+    assert (
+        'up{job="llmtrain-operator-metrics", namespace="llmtrain-system"}'
+        in (alerts["LLMTrainOperatorDown"]["expr"])
+    )
     for a in alerts.values():
         assert a["labels"]["severity"] in ("warning", "critical")
         assert a["annotations"]["summary"] and a["annotations"]["description"]
-    custom = find(render(None, "metrics.prometheusRule.stallWindow=10m",
-                         "metrics.prometheusRule.additionalAlertLabels.team=ml"), "PrometheusRule")
+    custom = find(
+        render(
+            None,
+            "metrics.prometheusRule.stallWindow=10m",
+            "metrics.prometheusRule.additionalAlertLabels.team=ml",
+        ),
+        "PrometheusRule",
+    )
     rules = [r for g in custom["spec"]["groups"] for r in g["rules"]]
     assert all(r["labels"]["team"] == "ml" for r in rules)
     assert "[10m]" in next(r["expr"] for r in rules if r["alert"] == "LLMTrainStageStalled")
@@ -353,11 +416,12 @@ def test_network_policies() -> None:
     operator, prometheus, extra = json.loads(env["LLMTRAIN_METRICS_FROM"])
     assert operator == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
-        "podSelector": {"matchLabels": find(docs, "Deployment")["spec"]["selector"][
-            "matchLabels"]}}
+        "podSelector": {"matchLabels": find(docs, "Deployment")["spec"]["selector"]["matchLabels"]},
+    }
     assert prometheus == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
-        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
     assert extra["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "otel-collector"}}
     # On by default; off: no policies, no flag, no RBAC for them.
     assert _env(render())["LLMTRAIN_NETWORK_POLICY"] == "true"
@@ -379,23 +443,48 @@ def test_admission_policy_holds_only_the_operator_to_safe_pods() -> None:
     assert set(rule["operations"]) == {"CREATE", "UPDATE"}
     (match,) = spec["matchConditions"]
     assert match["expression"] == (
-        f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:llmtrain-operator"')
+        f'request.userInfo.username == "system:serviceaccount:{NAMESPACE}:llmtrain-operator"'
+    )
     text = json.dumps(spec["validations"])
-    for needle in ("llmtrain.io/job", "automountServiceAccountToken", "serviceAccountToken",
-                   "hostNetwork", "hostPID", "hostIPC", "privileged",
-                   "allowPrivilegeEscalation", "'ALL'", "runAsNonRoot", "runAsUser",
-                   "RuntimeDefault", "hostPath", "hostPort"):
+    for needle in (
+        "llmtrain.io/job",
+        "automountServiceAccountToken",
+        "serviceAccountToken",
+        "hostNetwork",
+        "hostPID",
+        "hostIPC",
+        "privileged",
+        "allowPrivilegeEscalation",
+        "'ALL'",
+        "runAsNonRoot",
+        "runAsUser",
+        "RuntimeDefault",
+        "hostPath",
+        "hostPort",
+    ):
         assert needle in text, needle
     binding = find(docs, "ValidatingAdmissionPolicyBinding")
-    assert binding["spec"] == {"policyName": policy["metadata"]["name"],
-                               "validationActions": ["Deny"]}
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
     # Off with the value; a cluster before 1.30 (no v1 API) must say so rather than fail late.
     kinds = {d["kind"] for d in render(None, "admissionPolicy.enabled=false")}
     assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & kinds
     proc = helm("template", "x", str(CHART), "--kube-version", "1.29.4", check=False)
     assert proc.returncode != 0 and "admissionPolicy.enabled" in proc.stderr, proc.stderr
-    assert helm("template", "x", str(CHART), "--kube-version", "1.29.4",
-                "--set", "admissionPolicy.enabled=false").returncode == 0
+    assert (
+        helm(
+            "template",
+            "x",
+            str(CHART),
+            "--kube-version",
+            "1.29.4",
+            "--set",
+            "admissionPolicy.enabled=false",
+        ).returncode
+        == 0
+    )
 
 
 def test_values_schema_rejects_mistakes() -> None:
@@ -409,8 +498,9 @@ def test_values_schema_rejects_mistakes() -> None:
         ("jobNamespaces={team-a}", "jobNamespaces"),
         ("networkPolicy.extraMetricsPorts={9401}", "extraMetricsPorts"),
     ]:
-        proc = helm("template", "x", str(CHART), "--kube-version", kube_version(),
-                    "--set", bad, check=False)
+        proc = helm(
+            "template", "x", str(CHART), "--kube-version", kube_version(), "--set", bad, check=False
+        )
         assert proc.returncode != 0 and message in proc.stderr, (bad, proc.stderr)
 
 
@@ -435,10 +525,13 @@ def test_every_value_is_documented_and_camel_case() -> None:
         while j >= 0 and lines[j].strip().startswith("#"):
             comment.insert(0, lines[j].strip())
             j -= 1
-        rest = line[m.end():].strip()
-        following = [ln for ln in lines[i + 1:] if ln.strip()]
-        is_parent = rest == "" and bool(following) and (
-            len(following[0]) - len(following[0].lstrip()) > indent)
+        rest = line[m.end() :].strip()
+        following = [ln for ln in lines[i + 1 :] if ln.strip()]
+        is_parent = (
+            rest == ""
+            and bool(following)
+            and (len(following[0]) - len(following[0].lstrip()) > indent)
+        )
         if comment and comment[0].startswith("# --"):
             if is_parent:
                 in_block_of = indent  # a documented map default: children are its value
@@ -462,10 +555,18 @@ def test_values_schema_is_valid_json_schema_and_matches_values() -> None:
 def test_chart_readme_values_table_is_current() -> None:
     readme = (CHART / "README.md").read_text()
     assert readme == readme_with_table(readme), "run `python -m tests.chart.chart`"
-    for key in ("image.repository", "watch.allNamespaces", "operator.replicas",
-                "jobDefaults.pvc", "metrics.podMonitor.enabled", "networkPolicy.enabled",
-                "admissionPolicy.enabled", "uninstall.removeFinalizers",
-                "operator.peering.lifetime", "metrics.assumeMonitoringCrds"):
+    for key in (
+        "image.repository",
+        "watch.allNamespaces",
+        "operator.replicas",
+        "jobDefaults.pvc",
+        "metrics.podMonitor.enabled",
+        "networkPolicy.enabled",
+        "admissionPolicy.enabled",
+        "uninstall.removeFinalizers",
+        "operator.peering.lifetime",
+        "metrics.assumeMonitoringCrds",
+    ):
         assert f"| `{key}` |" in readme
 
 
@@ -490,9 +591,19 @@ def test_template_files_exist_for_every_kind(tmp_path: Path) -> None:
     produced: set[str] = set()
     for scenario in SCENARIOS + ["namespaced-values.yaml"]:
         out = tmp_path / scenario
-        helm("template", "llmtrain", str(CHART), "--kube-version", kube_version(),
-             "--api-versions", MONITORING_API,
-             "--values", str(CHART / "ci" / scenario), "--output-dir", str(out))
+        helm(
+            "template",
+            "llmtrain",
+            str(CHART),
+            "--kube-version",
+            kube_version(),
+            "--api-versions",
+            MONITORING_API,
+            "--values",
+            str(CHART / "ci" / scenario),
+            "--output-dir",
+            str(out),
+        )
         produced |= {p.name for p in out.rglob("*.yaml")}
     templates = {p.name for p in (CHART / "templates").glob("*.yaml")}
     assert templates - produced == set()

@@ -20,13 +20,30 @@ import pytest
 from tests.chart.chart import dashboard
 
 REPO = Path(__file__).resolve().parents[2]
-GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__range_s", "__interval_ms",
-                    "__all"}
+GRAFANA_BUILTINS = {
+    "__rate_interval",
+    "__interval",
+    "__range",
+    "__range_s",
+    "__interval_ms",
+    "__all",
+}
 REQUIRED_PANELS = {
-    "Jobs by phase", "Stage timeline", "Train and eval loss", "Learning rate",
-    "Tokens per second", "Tokens processed", "Step", "ETA and elapsed", "Reward",
-    "KL to the reference policy", "Restarts by reason", "GPU utilisation", "GPU memory",
-    "Operator reconciles and errors", "Operator CPU and memory",
+    "Jobs by phase",
+    "Stage timeline",
+    "Train and eval loss",
+    "Learning rate",
+    "Tokens per second",
+    "Tokens processed",
+    "Step",
+    "ETA and elapsed",
+    "Reward",
+    "KL to the reference policy",
+    "Restarts by reason",
+    "GPU utilisation",
+    "GPU memory",
+    "Operator reconciles and errors",
+    "Operator CPU and memory",
 }
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}
 _METRIC = re.compile(r"\b(llmtrain_[a-z0-9_]+|DCGM_FI_[A-Z0-9_]+)\b")
@@ -51,8 +68,12 @@ def contract_metrics(section: str = "4.") -> set[str]:
     the driver, and §5, the operator)."""
     text = (REPO / "docs" / "contracts.md").read_text()
     sections = text.split(f"## {section}")[1]
-    return {m for line in sections.splitlines() if line.startswith("|")
-            for m in re.findall(r"`(llmtrain_[a-z0-9_]+)`", line)}
+    return {
+        m
+        for line in sections.splitlines()
+        if line.startswith("|")
+        for m in re.findall(r"`(llmtrain_[a-z0-9_]+)`", line)
+    }
 
 
 def test_operator_metrics_have_the_operator_prefix() -> None:
@@ -68,8 +89,9 @@ def test_operator_metrics_have_the_operator_prefix() -> None:
     m.stage_restarts.labels(namespace="ns", job="j", reason="PodFailed").inc()
     m.reconciles.labels(result="ok").inc()
     m.stage_duration.labels(type="sft").observe(1)
-    samples = {s.name for f in m.registry.collect() for s in f.samples
-               if not s.name.endswith("_created")}
+    samples = {
+        s.name for f in m.registry.collect() for s in f.samples if not s.name.endswith("_created")
+    }
     assert {base_name(n) for n in samples if n.startswith("llmtrain_")} == operator
     assert "process_cpu_seconds_total" in samples
 
@@ -135,15 +157,20 @@ def test_panels_do_not_overlap(dash: dict[str, Any]) -> None:
 def test_variables_used_are_defined(dash: dict[str, Any]) -> None:
     defined = {v["name"] for v in dash["templating"]["list"]} | GRAFANA_BUILTINS
     exprs = [e for _, e in queries(dash)] + [
-        v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+        v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"
+    ]
     for expr in exprs:
         for braced, plain in _VAR.findall(expr):
             assert (braced or plain) in defined, f"undefined variable in {expr}"
     # Training panels filter by all three variables; pods by namespace/job/stage too.
     for title, expr in queries(dash):
-        if "llmtrain_" in expr and "DCGM" not in expr and "operator" not in title.lower() \
-                and title not in ("Jobs by phase", "Restarts by reason",
-                                  "Stage duration and time to running"):
+        if (
+            "llmtrain_" in expr
+            and "DCGM" not in expr
+            and "operator" not in title.lower()
+            and title
+            not in ("Jobs by phase", "Restarts by reason", "Stage duration and time to running")
+        ):
             assert all(f"${v}" in expr for v in ("namespace", "job", "stage")), (title, expr)
 
 
@@ -172,8 +199,12 @@ def test_metrics_are_the_contract_metrics(dash: dict[str, Any]) -> None:
     alert_exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     used = {base_name(m) for _, e in queries(dash) for m in _METRIC.findall(e)}
     used |= {m for e in alert_exprs for m in _METRIC.findall(e)}
-    variable_metrics = {m for v in dash["templating"]["list"] if v["type"] == "query"
-                        for m in _METRIC.findall(v["query"]["query"])}
+    variable_metrics = {
+        m
+        for v in dash["templating"]["list"]
+        if v["type"] == "query"
+        for m in _METRIC.findall(v["query"]["query"])
+    }
     assert (used | variable_metrics) - contract - DCGM == set(), "metric not in the contracts"
     assert contract - used == set(), "contract metrics missing from the dashboard and alerts"
     assert DCGM <= used
@@ -188,9 +219,16 @@ def test_readme_monitoring_section_names_every_metric_panel_and_alert(
     assert "## Monitoring" in readme
     section = readme.split("## Monitoring", 1)[1]
     missing = [m for m in sorted(contract_metrics() | DCGM) if f"`{m}`" not in section]
-    missing += [p["title"] for p in panels(dash)
-                if p["type"] != "row" and f"| {p['title']} |" not in section]
+    missing += [
+        p["title"]
+        for p in panels(dash)
+        if p["type"] != "row" and f"| {p['title']} |" not in section
+    ]
     rule = find(render(), "PrometheusRule")
-    missing += [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]
-                if f"`{r['alert']}`" not in section]
+    missing += [
+        r["alert"]
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if f"`{r['alert']}`" not in section
+    ]
     assert missing == [], "add these to README.md's Monitoring section"

@@ -104,8 +104,11 @@ def test_the_build_context_holds_the_whole_package() -> None:
     is built from (a new one, say cli/, must be let through too) and the readme."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     dirs = set(project["tool"]["setuptools"]["package-dir"].values())
-    wanted = {d.split("/")[0] for d in dirs} | {project["project"]["readme"], "pyproject.toml",
-                                                "constraints.txt"}
+    wanted = {d.split("/")[0] for d in dirs} | {
+        project["project"]["readme"],
+        "pyproject.toml",
+        "constraints.txt",
+    }
     for path in sorted(wanted):
         assert dockerignore_allows(path), f".dockerignore leaves {path} out of the image"
     for path in ("tests", ".venv", ".git", "runs", "operator/__pycache__"):
@@ -119,7 +122,8 @@ def test_entrypoint_names_a_real_cli_command(dockerfile: Path) -> None:
     command = next(a for a in argv[1:] if not a.startswith("-"))
     assert command in cli_commands(), (
         f"{dockerfile.name} runs `llmtrain {command}`, but the CLI has only "
-        f"{sorted(cli_commands())}")
+        f"{sorted(cli_commands())}"
+    )
 
 
 def test_operator_image_runs_llmtrain_operator_without_torch() -> None:
@@ -132,8 +136,9 @@ def test_operator_image_runs_llmtrain_operator_without_torch() -> None:
 
 
 def arg_default(path: Path, name: str) -> str:
-    found = [a.split("=", 1)[1] for w, a in instructions(path)
-             if w == "ARG" and a.startswith(f"{name}=")]
+    found = [
+        a.split("=", 1)[1] for w, a in instructions(path) if w == "ARG" and a.startswith(f"{name}=")
+    ]
     assert found, f"{path.name}: no ARG {name}=..."
     return found[0]
 
@@ -159,8 +164,10 @@ def test_chart_default_images_are_the_ones_the_dockerfiles_build() -> None:
     assert labels(OPERATOR)["io.llmtrain.image"] == values["image"]["repository"]
     assert labels(TRAINER)["io.llmtrain.image"] == values["jobDefaults"]["image"]["repository"]
     readme = (CHART / "README.md").read_text()
-    for dockerfile, repo in [(OPERATOR, values["image"]["repository"]),
-                             (TRAINER, values["jobDefaults"]["image"]["repository"])]:
+    for dockerfile, repo in [
+        (OPERATOR, values["image"]["repository"]),
+        (TRAINER, values["jobDefaults"]["image"]["repository"]),
+    ]:
         assert f"| `{repo}` | `{dockerfile.name}` |" in readme
         assert f"-t {repo}:" in dockerfile.read_text()  # the documented build command
 
@@ -186,7 +193,7 @@ def test_base_and_uv_are_build_args_the_test_build_sets(dockerfile: Path) -> Non
     for arg in ("BASE", "UV_IMAGE", "UV_CACHE_DIR"):
         arg_default(dockerfile, arg)
         assert f'--build-arg "{arg}=' in script or f"--build-arg {arg}=" in script, arg
-    assert "-f \"Dockerfile.$name\"" in script and "for name in operator trainer" in script
+    assert '-f "Dockerfile.$name"' in script and "for name in operator trainer" in script
 
 
 @pytest.mark.parametrize("dockerfile", [OPERATOR, TRAINER], ids=lambda p: p.name)
@@ -195,12 +202,18 @@ def test_dependencies_are_a_layer_before_the_sources(dockerfile: Path) -> None:
     change rebuilds only the project's layer; then the project is a wheel installed against
     the same pins, not an editable install or a copy of the tree."""
     steps = [(w, a) for w, a in instructions(dockerfile) if w in ("COPY", "RUN")]
-    first_source = next(i for i, (w, a) in enumerate(steps)
-                        if w == "COPY" and a.split()[0] in (".", "operator/", "README.md"))
+    first_source = next(
+        i
+        for i, (w, a) in enumerate(steps)
+        if w == "COPY" and a.split()[0] in (".", "operator/", "README.md")
+    )
     deps = [a for w, a in steps[:first_source] if w == "RUN" and "-r pyproject.toml" in a]
     assert deps and "-c constraints.txt" in deps[0], steps
-    copied = [a.split()[:-1] for w, a in steps[:first_source]
-              if w == "COPY" and not a.startswith("--from")]
+    copied = [
+        a.split()[:-1]
+        for w, a in steps[:first_source]
+        if w == "COPY" and not a.startswith("--from")
+    ]
     assert copied == [["pyproject.toml", "constraints.txt"]], copied
     project = [a for w, a in steps[first_source:] if w == "RUN" and "uv pip install" in a]
     assert project and "-c constraints.txt" in project[0] and " -e " not in project[0]

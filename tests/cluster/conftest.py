@@ -106,8 +106,13 @@ def llmtj_crd(cluster: Any) -> dict[str, Any]:
     name = "llmtrainingjobs.llmtrain.io"
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
     # Not `kubectl wait`: it fails at once when the CRD has no status.conditions yet.
-    cluster.wait_for(f"crd/{name} Established", lambda: any(
-        c["type"] == "Established" and c["status"] == "True"
-        for c in cluster.get("crd", name).get("status", {}).get("conditions") or []), 60)
+    cluster.wait_for(
+        f"crd/{name} Established",
+        lambda: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in cluster.get("crd", name).get("status", {}).get("conditions") or []
+        ),
+        60,
+    )
     crd: dict[str, Any] = cluster.get("crd", name)
     return crd

@@ -69,19 +69,45 @@ def _job(name: str, claim: str | None) -> dict[str, Any]:
 
 def _bound_claim(cluster: Any, ns: str, claim: str, volume: str) -> None:
     """A PVC bound to a static hostPath PV: the scheduler's volume binding then passes."""
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
-          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                   "storageClassName": "", "hostPath": {"path": f"/tmp/{volume}"},
-                   "claimRef": {"namespace": ns, "name": claim}}}
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-           "metadata": {"name": claim, "namespace": ns},
-           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                    "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}}}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    cluster.wait_for(f"claim {claim} bound", lambda: json.loads(cluster.kubectl(
-        "get", "pvc", claim, "-n", ns, "-o", "json"))["status"].get("phase") == "Bound",
-        timeout=60)
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": volume},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "hostPath": {"path": f"/tmp/{volume}"},
+            "claimRef": {"namespace": ns, "name": claim},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": ns},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": volume,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}),
+    )
+    cluster.wait_for(
+        f"claim {claim} bound",
+        lambda: (
+            json.loads(cluster.kubectl("get", "pvc", claim, "-n", ns, "-o", "json"))["status"].get(
+                "phase"
+            )
+            == "Bound"
+        ),
+        timeout=60,
+    )
 
 
 def _pods(cluster: Any, ns: str, job: str) -> list[dict[str, Any]]:
@@ -93,9 +119,12 @@ def _pods(cluster: Any, ns: str, job: str) -> list[dict[str, Any]]:
 def _head(cluster: Any, ns: str, job: str, attempt: int) -> dict[str, Any] | None:
     for p in _pods(cluster, ns, job):
         labels = p["metadata"]["labels"]
-        if labels.get("llmtrain.io/role") == "head" and labels.get(
-                "llmtrain.io/attempt") == str(attempt) and p["status"].get("podIP") \
-                and p["status"].get("phase") == "Running":
+        if (
+            labels.get("llmtrain.io/role") == "head"
+            and labels.get("llmtrain.io/attempt") == str(attempt)
+            and p["status"].get("podIP")
+            and p["status"].get("phase") == "Running"
+        ):
             return p
     return None
 
@@ -122,15 +151,20 @@ class Operator:
         for e in container["env"]:
             if "value" in e:
                 env[e["name"]] = e["value"]
-        env.update(KUBECONFIG=str(kubeconfig), POD_ID="test-operator",
-                   POD_NAMESPACE=deployment["metadata"]["namespace"],
-                   LLMTRAIN_RESYNC_SECONDS="1", NO_PROXY="127.0.0.1,localhost",
-                   no_proxy="127.0.0.1,localhost")
+        env.update(
+            KUBECONFIG=str(kubeconfig),
+            POD_ID="test-operator",
+            POD_NAMESPACE=deployment["metadata"]["namespace"],
+            LLMTRAIN_RESYNC_SECONDS="1",
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+        )
         self.argv = [str(Path(sys.executable).parent / "llmtrain"), "operator", *args]
         self.log = workdir / "operator.log"
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                self.argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -145,23 +179,34 @@ class Operator:
                 self.proc.wait(5)
 
 
-def _check_network_policy(cluster: Any, ns: str, job: str, head: dict[str, Any],
-                          env: dict[str, Any], metrics_port: int) -> None:
+def _check_network_policy(
+    cluster: Any, ns: str, job: str, head: dict[str, Any], env: dict[str, Any], metrics_port: int
+) -> None:
     """The operator isolated the attempt: a NetworkPolicy owned by the job, selecting its
     pods, admitting the job's own pods, and on the metrics port only the chart's peers."""
     assert env["LLMTRAIN_NETWORK_POLICY"] == "true"
     peers = json.loads(env["LLMTRAIN_METRICS_FROM"])
     items = json.loads(cluster.kubectl("get", "networkpolicies", "-n", ns, "-o", "json"))["items"]
     labels = head["metadata"]["labels"]
-    mine = [p for p in items
-            if {o["kind"] for o in p["metadata"].get("ownerReferences", [])} == {"LLMTrainingJob"}
-            and p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
-            and p["spec"]["podSelector"].get("matchLabels", {}).get("llmtrain.io/job") == job]
+    mine = [
+        p
+        for p in items
+        if {o["kind"] for o in p["metadata"].get("ownerReferences", [])} == {"LLMTrainingJob"}
+        and p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
+        and p["spec"]["podSelector"].get("matchLabels", {}).get("llmtrain.io/job") == job
+    ]
     assert len(mine) == 1, items
     ingress = mine[0]["spec"]["ingress"]
-    same_job = [r for r in ingress if not r.get("ports") and any(
-        f.get("podSelector", {}).get("matchLabels", {}).get("llmtrain.io/job") == job
-        and "namespaceSelector" not in f for f in r.get("from", []))]
+    same_job = [
+        r
+        for r in ingress
+        if not r.get("ports")
+        and any(
+            f.get("podSelector", {}).get("matchLabels", {}).get("llmtrain.io/job") == job
+            and "namespaceSelector" not in f
+            for f in r.get("from", [])
+        )
+    ]
     assert same_job, ingress
     metrics = [r for r in ingress if r.get("ports")]
     assert metrics and all([p["port"] for p in r["ports"]] == [metrics_port] for r in metrics)
@@ -195,16 +240,29 @@ def test_operator_lifecycle_under_chart_rbac(
         # the chart. The job names its own claim (a static PV, bound).
         claim = "job-claim"
         _bound_claim(cluster, job_ns, claim, f"lt-pv-{suffix}")
-        install(cluster, release, sys_ns, "defaults-values.yaml",
-                f"operator.peering.name=p-{release}", "operator.replicas=1")
+        install(
+            cluster,
+            release,
+            sys_ns,
+            "defaults-values.yaml",
+            f"operator.peering.name=p-{release}",
+            "operator.replicas=1",
+        )
     else:  # a Role in the watched namespace, KopfPeering there, a chart-made worker SA
         # The values' jobDefaults.pvc: jobs without storage mount it (a static PV, bound).
         claim = None
         _bound_claim(cluster, job_ns, "llm-checkpoints", f"lt-pv-{suffix}")
-        install(cluster, release, sys_ns, "namespaced-values.yaml",
-                f"watch.namespaces={{{job_ns}}}", "operator.replicas=1",
-                "operator.nodeSelector=null", "operator.tolerations=null",
-                "jobDefaults.metricsPort=9400")
+        install(
+            cluster,
+            release,
+            sys_ns,
+            "namespaced-values.yaml",
+            f"watch.namespaces={{{job_ns}}}",
+            "operator.replicas=1",
+            "operator.nodeSelector=null",
+            "operator.tolerations=null",
+            "jobDefaults.metricsPort=9400",
+        )
     docs = manifest(cluster, release, sys_ns)
     deployment = find(docs, "Deployment")
     sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -214,9 +272,11 @@ def test_operator_lifecycle_under_chart_rbac(
     driver_port = 9400  # the job's spec.monitoring.metricsPort (default)
     head_ip: dict[str, str] = {}
     scrape = [
-        scrape_config_for(find(docs, "ServiceMonitor"), f"127.0.0.1:{operator.metrics_port}",
-                          {"namespace": sys_ns,
-                           "service": find(docs, "Service")["metadata"]["name"]}),
+        scrape_config_for(
+            find(docs, "ServiceMonitor"),
+            f"127.0.0.1:{operator.metrics_port}",
+            {"namespace": sys_ns, "service": find(docs, "Service")["metadata"]["name"]},
+        ),
     ]
     rules = tmp_path / "rules.yaml"
     rule = find(docs, "PrometheusRule")
@@ -232,58 +292,109 @@ def test_operator_lifecycle_under_chart_rbac(
 
         cluster.kubectl("apply", "-n", job_ns, "-f", "-", input=json.dumps(_job(job, claim)))
         # Attempt 1: pods come up (kwok), then the head dies with a retryable code.
-        cluster.wait_for("attempt 1 head running", lambda: _head(cluster, job_ns, job, 1),
-                         timeout=90)
+        cluster.wait_for(
+            "attempt 1 head running", lambda: _head(cluster, job_ns, job, 1), timeout=90
+        )
         head = _head(cluster, job_ns, job, 1)
         assert head is not None
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in head["spec"]["volumes"]
-                  if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in head["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert claims == {claim or "llm-checkpoints"}, claims
         # The worker ServiceAccount the chart passed on: `default`, or the one it made.
-        env = {e["name"]: e.get("value") for e in
-               deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        env = {
+            e["name"]: e.get("value")
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
         assert head["spec"]["serviceAccountName"] == (
-            env["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] or "default")
+            env["LLMTRAIN_WORKER_SERVICE_ACCOUNT"] or "default"
+        )
         assert head["spec"]["automountServiceAccountToken"] is False
         cluster.set_pod_phase(job_ns, head["metadata"]["name"], "Failed", exit_code=137)
         # Attempt 2 gets a driver that trains and reports.
-        cluster.wait_for("attempt 2 head running", lambda: _head(cluster, job_ns, job, 2),
-                         timeout=90)
+        cluster.wait_for(
+            "attempt 2 head running", lambda: _head(cluster, job_ns, job, 2), timeout=90
+        )
         head = _head(cluster, job_ns, job, 2)
         assert head is not None
         head_ip["ip"] = head["status"]["podIP"]
         _check_network_policy(cluster, job_ns, job, head, env, driver_port)
         driver = subprocess.Popen(
-            [sys.executable, str(STAND_IN), "--host", head_ip["ip"], "--port", str(driver_port),
-             "--namespace", job_ns, "--job", job, "--stage", "pretrain", "--steps", "30",
-             "--step-seconds", "0.3"],
-            stdout=(tmp_path / "driver.log").open("wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                str(STAND_IN),
+                "--host",
+                head_ip["ip"],
+                "--port",
+                str(driver_port),
+                "--namespace",
+                job_ns,
+                "--job",
+                job,
+                "--stage",
+                "pretrain",
+                "--steps",
+                "30",
+                "--step-seconds",
+                "0.3",
+            ],
+            stdout=(tmp_path / "driver.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         processes.append(driver)
-        pm = scrape_config_for(find(docs, "PodMonitor"), f"{head_ip['ip']}:{driver_port}",
-                               {"namespace": job_ns, "pod": head["metadata"]["name"]})
-        prom.config.write_text(yaml.safe_dump({
-            **yaml.safe_load(prom.config.read_text()),
-            "scrape_configs": [*scrape, pm]}, sort_keys=False))
+        pm = scrape_config_for(
+            find(docs, "PodMonitor"),
+            f"{head_ip['ip']}:{driver_port}",
+            {"namespace": job_ns, "pod": head["metadata"]["name"]},
+        )
+        prom.config.write_text(
+            yaml.safe_dump(
+                {**yaml.safe_load(prom.config.read_text()), "scrape_configs": [*scrape, pm]},
+                sort_keys=False,
+            )
+        )
         assert prom.proc is not None
         prom.proc.send_signal(1)  # SIGHUP: reload
         prom.wait_for_samples(f'llmtrain_train_step{{job="{job}"}} == 30', timeout=90)
 
         # The operator copied the driver's progress into the status.
-        cluster.wait_for("progress in status", lambda: _status(cluster, job_ns, job).get(
-            "progress", "").startswith("30/"), timeout=60)
+        cluster.wait_for(
+            "progress in status",
+            lambda: _status(cluster, job_ns, job).get("progress", "").startswith("30/"),
+            timeout=60,
+        )
         cluster.set_pod_phase(job_ns, head["metadata"]["name"], "Succeeded")
-        cluster.wait_for("job Succeeded", lambda: _status(cluster, job_ns, job).get(
-            "phase") == "Succeeded", timeout=60)
+        cluster.wait_for(
+            "job Succeeded",
+            lambda: _status(cluster, job_ns, job).get("phase") == "Succeeded",
+            timeout=60,
+        )
         prom.wait_for_samples(
-            f'llmtrain_operator_jobs{{namespace="{job_ns}", phase="Succeeded"}} == 1', timeout=30)
-        prom.wait_for_samples(f'llmtrain_operator_job_phase{{namespace="{job_ns}", job="{job}",'
-                              f' phase="Succeeded"}} == 1', timeout=30)
+            f'llmtrain_operator_jobs{{namespace="{job_ns}", phase="Succeeded"}} == 1', timeout=30
+        )
+        prom.wait_for_samples(
+            f'llmtrain_operator_job_phase{{namespace="{job_ns}", job="{job}",'
+            f' phase="Succeeded"}} == 1',
+            timeout=30,
+        )
         # ttlSecondsAfterFinished: the operator deletes the job (its `delete` permission).
-        cluster.wait_for("job deleted after its TTL", lambda: not cluster.kubectl(
-            "get", "llmtj", job, "-n", job_ns, "--ignore-not-found", "-o", "name"), timeout=60)
+        cluster.wait_for(
+            "job deleted after its TTL",
+            lambda: (
+                not cluster.kubectl(
+                    "get", "llmtj", job, "-n", job_ns, "--ignore-not-found", "-o", "name"
+                )
+            ),
+            timeout=60,
+        )
         events = cluster.kubectl("get", "events", "-n", job_ns, "-o", "json")
-        reasons = {e["reason"] for e in json.loads(events)["items"]
-                   if e["involvedObject"].get("kind") == "LLMTrainingJob"}
+        reasons = {
+            e["reason"]
+            for e in json.loads(events)["items"]
+            if e["involvedObject"].get("kind") == "LLMTrainingJob"
+        }
         assert reasons, "the operator posted no events on the job"
         time.sleep(3)
         end = time.time()
@@ -293,12 +404,16 @@ def test_operator_lifecycle_under_chart_rbac(
         assert prom.query('sum(llmtrain_operator_reconciles_total{result="ok"}) > 0')
         restarts = prom.query_range("llmtrain_operator_stage_restarts_total", start, end)
         assert {(r["metric"]["namespace"], r["metric"]["job"]) for r in restarts} == {
-            (job_ns, job)}, "no restart counted after exit 137"
+            (job_ns, job)
+        }, "no restart counted after exit 137"
         assert prom.query('llmtrain_operator_stage_duration_seconds_count{type="pretrain"} >= 1')
         assert prom.query("process_resident_memory_bytes")
         # The job is deleted: its per-job series are gone from the operator's /metrics.
-        prom.wait_for("the deleted job's series dropped", lambda: not prom.query(
-            f'llmtrain_operator_job_phase{{job="{job}"}}'), timeout=30)
+        prom.wait_for(
+            "the deleted job's series dropped",
+            lambda: not prom.query(f'llmtrain_operator_job_phase{{job="{job}"}}'),
+            timeout=30,
+        )
         assert not prom.query(f'llmtrain_operator_stage_restarts_total{{job="{job}"}}')
 
         variables = {"namespace": job_ns, "job": job, "stage": "pretrain"}

@@ -246,7 +246,7 @@ def test_three_stages_survive_a_lost_pod_a_killed_process_and_a_suspension(
     # ---- dpo: suspend mid-stage, resume from the step it reached ----------------------------
     job.running("dpo", 1, timeout=900)
     job.step_at_least("dpo", 2, timeout=600)
-    t = time.monotonic()
+    t, asked = time.monotonic(), time.time()
     real_cluster.kubectl(
         "patch", "llmtj", "e2e", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": true}}'
     )
@@ -262,8 +262,10 @@ def test_three_stages_survive_a_lost_pod_a_killed_process_and_a_suspension(
     ckpts = sorted((root / "e2e" / "dpo" / "checkpoints").glob("checkpoint-*/COMPLETE"))
     assert ckpts, "the driver saved nothing before the gang went"
     saved = max(int(p.parent.name.split("-")[1]) for p in ckpts)
-    # Saved on the way out (not a periodic save, every 20 steps), and not finished.
-    assert saved % 20 and not (root / "e2e" / "dpo" / "result.json").exists(), saved
+    newest = root / "e2e" / "dpo" / "checkpoints" / f"checkpoint-{saved}" / "COMPLETE"
+    # Saved after the suspension was asked for (the driver's SIGTERM checkpoint), not finished.
+    assert json.loads(newest.read_text())["time"] >= asked, saved
+    assert not (root / "e2e" / "dpo" / "result.json").exists()
     real_cluster.kubectl(
         "patch", "llmtj", "e2e", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": false}}'
     )

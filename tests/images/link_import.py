@@ -58,8 +58,15 @@ def main() -> int:
     ap.add_argument("target", nargs="?")
     args = ap.parse_args()
     target = args.target or args.image
-    buildah = ["buildah", "--root", str(args.buildah_root), "--runroot", args.buildah_runroot,
-               "--storage-driver", "overlay"]
+    buildah = [
+        "buildah",
+        "--root",
+        str(args.buildah_root),
+        "--runroot",
+        args.buildah_runroot,
+        "--storage-driver",
+        "overlay",
+    ]
     ctr = ["ctr", "--address", args.address, "--namespace", "k8s.io"]
 
     info = json.loads(run(*buildah, "inspect", "--type", "image", args.image))
@@ -74,22 +81,34 @@ def main() -> int:
     linked: list[str] = []
     t0 = time.monotonic()
     try:
-        link_and_import(args, ctr, manifest, manifest_raw, config_raw, diff_ids, by_diff,
-                        target, linked)
+        link_and_import(
+            args, ctr, manifest, manifest_raw, config_raw, diff_ids, by_diff, target, linked
+        )
     finally:
         # ctr marks what it prepares and commits as a GC root; once an image references the
         # snapshots (or the caller's fallback import will), they must be collectable again.
         for chain in linked:
-            subprocess.run([*ctr, "snapshots", "label", chain, "containerd.io/gc.root="],
-                           capture_output=True)
-    print(f"{len(linked)}/{len(diff_ids)} layers linked in {time.monotonic() - t0:.1f}s",
-          file=sys.stderr)
+            subprocess.run(
+                [*ctr, "snapshots", "label", chain, "containerd.io/gc.root="], capture_output=True
+            )
+    print(
+        f"{len(linked)}/{len(diff_ids)} layers linked in {time.monotonic() - t0:.1f}s",
+        file=sys.stderr,
+    )
     return 0
 
 
-def link_and_import(args: argparse.Namespace, ctr: list[str], manifest: dict, manifest_raw: bytes,
-                    config_raw: bytes, diff_ids: list[str], by_diff: dict[str, str], target: str,
-                    linked: list[str]) -> None:
+def link_and_import(
+    args: argparse.Namespace,
+    ctr: list[str],
+    manifest: dict,
+    manifest_raw: bytes,
+    config_raw: bytes,
+    diff_ids: list[str],
+    by_diff: dict[str, str],
+    target: str,
+    linked: list[str],
+) -> None:
     chains = chain_ids(diff_ids)
     for i, (diff, chain) in enumerate(zip(diff_ids, chains, strict=True)):
         if subprocess.run([*ctr, "snapshots", "info", chain], capture_output=True).returncode == 0:
@@ -105,8 +124,7 @@ def link_and_import(args: argparse.Namespace, ctr: list[str], manifest: dict, ma
             if m["type"] == "bind":
                 upper = m["source"]
             else:
-                upper = next(o.split("=", 1)[1] for o in m["options"]
-                             if o.startswith("upperdir="))
+                upper = next(o.split("=", 1)[1] for o in m["options"] if o.startswith("upperdir="))
             run("cp", "-a", "--link", f"{src}/.", f"{upper}/")
             run(*ctr, "snapshots", "commit", chain, key)
         except BaseException:
@@ -116,15 +134,25 @@ def link_and_import(args: argparse.Namespace, ctr: list[str], manifest: dict, ma
 
     # An OCI archive with just the manifest and the config; the layers are snapshots now.
     digest = "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": manifest["mediaType"], "digest": digest, "size": len(manifest_raw),
-        "annotations": {"org.opencontainers.image.ref.name": target}}]}
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": manifest["mediaType"],
+                "digest": digest,
+                "size": len(manifest_raw),
+                "annotations": {"org.opencontainers.image.ref.name": target},
+            }
+        ],
+    }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-                           ("index.json", json.dumps(index).encode()),
-                           (f"blobs/sha256/{digest[7:]}", manifest_raw),
-                           (f"blobs/sha256/{manifest['config']['digest'][7:]}", config_raw)]:
+        for name, data in [
+            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            ("index.json", json.dumps(index).encode()),
+            (f"blobs/sha256/{digest[7:]}", manifest_raw),
+            (f"blobs/sha256/{manifest['config']['digest'][7:]}", config_raw),
+        ]:
             entry = tarfile.TarInfo(name)
             entry.size = len(data)
             tar.addfile(entry, io.BytesIO(data))

@@ -42,16 +42,37 @@ def main() -> None:
     def counter(name: str, doc: str) -> Counter:
         return Counter(name, doc, names, registry=reg)
 
-    g = {n: gauge(n, n) for n in (
-        "llmtrain_train_step", "llmtrain_train_total_steps", "llmtrain_train_loss",
-        "llmtrain_eval_loss", "llmtrain_learning_rate", "llmtrain_grad_norm",
-        "llmtrain_tokens_per_second", "llmtrain_epoch", "llmtrain_eta_seconds",
-        "llmtrain_stage_start_time_seconds", "llmtrain_checkpoint_step", "llmtrain_overfitting",
-        "llmtrain_reward_mean", "llmtrain_reward_std", "llmtrain_kl",
-        "llmtrain_preference_margin", "llmtrain_preference_accuracy")}
-    c = {n.removesuffix("_total"): counter(n.removesuffix("_total"), n) for n in (
-        "llmtrain_tokens_total", "llmtrain_samples_total", "llmtrain_generation_seconds_total",
-        "llmtrain_update_seconds_total")}
+    g = {
+        n: gauge(n, n)
+        for n in (
+            "llmtrain_train_step",
+            "llmtrain_train_total_steps",
+            "llmtrain_train_loss",
+            "llmtrain_eval_loss",
+            "llmtrain_learning_rate",
+            "llmtrain_grad_norm",
+            "llmtrain_tokens_per_second",
+            "llmtrain_epoch",
+            "llmtrain_eta_seconds",
+            "llmtrain_stage_start_time_seconds",
+            "llmtrain_checkpoint_step",
+            "llmtrain_overfitting",
+            "llmtrain_reward_mean",
+            "llmtrain_reward_std",
+            "llmtrain_kl",
+            "llmtrain_preference_margin",
+            "llmtrain_preference_accuracy",
+        )
+    }
+    c = {
+        n.removesuffix("_total"): counter(n.removesuffix("_total"), n)
+        for n in (
+            "llmtrain_tokens_total",
+            "llmtrain_samples_total",
+            "llmtrain_generation_seconds_total",
+            "llmtrain_update_seconds_total",
+        )
+    }
     start_http_server(args.port, addr=args.host, registry=reg)
 
     g["llmtrain_train_total_steps"].labels(**labels).set(args.steps)
@@ -60,12 +81,18 @@ def main() -> None:
         time.sleep(args.step_seconds)
         loss = 3.0 * math.exp(-step / 15) + 0.5
         for name, value in {
-            "llmtrain_train_step": step, "llmtrain_train_loss": loss,
-            "llmtrain_eval_loss": loss + 0.1, "llmtrain_learning_rate": 1e-3 * (1 - step / 50),
-            "llmtrain_grad_norm": 1.0 / step, "llmtrain_tokens_per_second": 2048.0,
-            "llmtrain_epoch": step / 20, "llmtrain_eta_seconds": (args.steps - step) * 0.25,
-            "llmtrain_overfitting": 0, "llmtrain_reward_mean": 0.1 * step,
-            "llmtrain_reward_std": 0.5, "llmtrain_kl": 0.01 * step,
+            "llmtrain_train_step": step,
+            "llmtrain_train_loss": loss,
+            "llmtrain_eval_loss": loss + 0.1,
+            "llmtrain_learning_rate": 1e-3 * (1 - step / 50),
+            "llmtrain_grad_norm": 1.0 / step,
+            "llmtrain_tokens_per_second": 2048.0,
+            "llmtrain_epoch": step / 20,
+            "llmtrain_eta_seconds": (args.steps - step) * 0.25,
+            "llmtrain_overfitting": 0,
+            "llmtrain_reward_mean": 0.1 * step,
+            "llmtrain_reward_std": 0.5,
+            "llmtrain_kl": 0.01 * step,
             "llmtrain_preference_margin": 0.05 * step,
             "llmtrain_preference_accuracy": min(1.0, 0.5 + step / 80),
         }.items():

@@ -68,8 +68,9 @@ def scrape_config_for(
 _GRAFANA_VAR = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 
 
-def grafana_expr(expr: str, variables: dict[str, str], rate_interval: str = "15s",
-                 range_: str = "10m") -> str:
+def grafana_expr(
+    expr: str, variables: dict[str, str], rate_interval: str = "15s", range_: str = "10m"
+) -> str:
     """Substitute dashboard variables as Grafana would for single values."""
     builtins = {"__rate_interval": rate_interval, "__interval": "2s", "__range": range_}
 
@@ -88,18 +89,28 @@ class PrometheusError(RuntimeError):
 
 
 class Prometheus:
-    def __init__(self, binary: Path, workdir: Path, scrape_configs: list[dict[str, Any]],
-                 rule_files: list[Path] | None = None):
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        scrape_configs: list[dict[str, Any]],
+        rule_files: list[Path] | None = None,
+    ):
         self.binary, self.workdir = binary, workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = workdir / "prometheus.yml"
         self.log = workdir / "prometheus.log"
-        self.config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in rule_files or []],
-            "scrape_configs": scrape_configs,
-        }, sort_keys=False))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
+                    "rule_files": [str(p) for p in rule_files or []],
+                    "scrape_configs": scrape_configs,
+                },
+                sort_keys=False,
+            )
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Prometheus:
@@ -112,11 +123,17 @@ class Prometheus:
     def start(self, timeout: float = 60) -> None:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(self.binary), f"--config.file={self.config}",
-                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}",
-                 "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    str(self.binary),
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -164,10 +181,12 @@ class Prometheus:
         result: list[dict[str, Any]] = self.api("query", **params)["result"]
         return result
 
-    def query_range(self, expr: str, start: float, end: float,
-                    step: float = 1.0) -> list[dict[str, Any]]:
+    def query_range(
+        self, expr: str, start: float, end: float, step: float = 1.0
+    ) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api(
-            "query_range", query=expr, start=start, end=end, step=step)["result"]
+            "query_range", query=expr, start=start, end=end, step=step
+        )["result"]
         return result
 
     def targets(self) -> list[dict[str, Any]]:
@@ -180,8 +199,7 @@ class Prometheus:
             if check():
                 return
             time.sleep(0.5)
-        targets = [(t["labels"].get("job"), t["health"], t["lastError"])
-                   for t in self.targets()]
+        targets = [(t["labels"].get("job"), t["health"], t["lastError"]) for t in self.targets()]
         raise TimeoutError(f"{what} after {timeout}s; targets: {targets}\n{self.tail()}")
 
     def wait_for_samples(self, expr: str, timeout: float = 60) -> None:
@@ -196,8 +214,9 @@ NEEDS_GPU = {
 }
 
 
-def dashboard_gaps(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str],
-                   start: float, end: float) -> tuple[list[str], set[str]]:
+def dashboard_gaps(
+    prom: Prometheus, dash: dict[str, Any], variables: dict[str, str], start: float, end: float
+) -> tuple[list[str], set[str]]:
     """Run every panel query over [start, end] as Grafana would (a range query).
 
     Returns the queries without a finite value (GPU ones excepted) and the GPU metrics
@@ -218,8 +237,9 @@ def dashboard_gaps(prom: Prometheus, dash: dict[str, Any], variables: dict[str, 
     return gaps, gpu_seen
 
 
-def check_variables(prom: Prometheus, dash: dict[str, Any], variables: dict[str, str],
-                    start: float, end: float) -> None:
+def check_variables(
+    prom: Prometheus, dash: dict[str, Any], variables: dict[str, str], start: float, end: float
+) -> None:
     """label_values(metric, label) is Grafana's; the series API answers it."""
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
@@ -238,7 +258,16 @@ def check_rules(prom: Prometheus, rule: dict[str, Any]) -> None:
         for r in group["rules"]:
             prom.query(r["expr"])
     names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    prom.wait_for("every rule evaluated healthy", lambda: {
-        r["name"] for g in prom.api("rules")["groups"] for r in g["rules"]
-        if r.get("health") == "ok" and r.get("lastEvaluation", "").startswith("20")
-    } == names, timeout=30)
+    prom.wait_for(
+        "every rule evaluated healthy",
+        lambda: (
+            {
+                r["name"]
+                for g in prom.api("rules")["groups"]
+                for r in g["rules"]
+                if r.get("health") == "ok" and r.get("lastEvaluation", "").startswith("20")
+            }
+            == names
+        ),
+        timeout=30,
+    )

@@ -79,38 +79,58 @@ def _stage_configs(tmp: Path, ports: dict[str, int]) -> dict[str, Path]:
 
     quick = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())["spec"]
     prompts = tmp / "prompts.jsonl"
-    prompts.write_text("".join(
-        json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n"
-        for line in (EXAMPLES / "quickstart/instructions.jsonl").read_text().splitlines()[:16]))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n"
+            for line in (EXAMPLES / "quickstart/instructions.jsonl").read_text().splitlines()[:16]
+        )
+    )
     common = {"maxSeqLength": 64, "loggingSteps": 1, "learningRate": 1e-3}
     stages: dict[str, dict[str, Any]] = {
-        "pretrain": {"type": "pretrain",
-                     "dataset": {"source": str(EXAMPLES / "quickstart/corpus.txt"),
-                                 "format": "text"},
-                     "hyperparameters": {**common, "maxSteps": 12, "batchSize": 8,
-                                         "evalSteps": 4}},
-        "dpo": {"type": "dpo",
-                "dataset": {"source": str(EXAMPLES / "quickstart/preferences.jsonl"),
-                            "format": "preference"},
-                "dpo": {"beta": 0.1},
-                "hyperparameters": {**common, "maxSteps": 4, "batchSize": 4}},
-        "grpo": {"type": "grpo",
-                 "dataset": {"source": str(prompts), "format": "prompt-only"},
-                 "grpo": {"numGenerations": 2, "beta": 0.05, "targetLength": 8,
-                          "rewardFunctions": ["length-penalty"], "maxCompletionLength": 12},
-                 # long enough (seconds) for the counters to be scraped more than once
-                 "hyperparameters": {**common, "maxSteps": 30, "batchSize": 2}},
+        "pretrain": {
+            "type": "pretrain",
+            "dataset": {"source": str(EXAMPLES / "quickstart/corpus.txt"), "format": "text"},
+            "hyperparameters": {**common, "maxSteps": 12, "batchSize": 8, "evalSteps": 4},
+        },
+        "dpo": {
+            "type": "dpo",
+            "dataset": {
+                "source": str(EXAMPLES / "quickstart/preferences.jsonl"),
+                "format": "preference",
+            },
+            "dpo": {"beta": 0.1},
+            "hyperparameters": {**common, "maxSteps": 4, "batchSize": 4},
+        },
+        "grpo": {
+            "type": "grpo",
+            "dataset": {"source": str(prompts), "format": "prompt-only"},
+            "grpo": {
+                "numGenerations": 2,
+                "beta": 0.05,
+                "targetLength": 8,
+                "rewardFunctions": ["length-penalty"],
+                "maxCompletionLength": 12,
+            },
+            # long enough (seconds) for the counters to be scraped more than once
+            "hyperparameters": {**common, "maxSteps": 30, "batchSize": 2},
+        },
     }
     model = {**quick["model"], "tokenizer": {"source": str(EXAMPLES / "quickstart/tokenizer")}}
     out = {}
     pretrained = tmp / "storage" / JOB / "pretrain" / "final"
     for name, stage in stages.items():
-        cfg = StageConfig.model_validate({
-            "job": JOB, "namespace": NAMESPACE, "stage": {"name": name, **stage},
-            "input_model": None if name == "pretrain" else str(pretrained),
-            "model": model, "output_dir": str(tmp / "storage" / JOB / name),
-            "checkpointing": {"everySteps": 4, "keep": 1}, "metrics_port": ports[name],
-        })
+        cfg = StageConfig.model_validate(
+            {
+                "job": JOB,
+                "namespace": NAMESPACE,
+                "stage": {"name": name, **stage},
+                "input_model": None if name == "pretrain" else str(pretrained),
+                "model": model,
+                "output_dir": str(tmp / "storage" / JOB / name),
+                "checkpointing": {"everySteps": 4, "keep": 1},
+                "metrics_port": ports[name],
+            }
+        )
         out[name] = tmp / f"{name}.json"
         out[name].write_text(cfg.model_dump_json(by_alias=True))
     return out
@@ -127,18 +147,30 @@ class Workers:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               # Ray's local instance on 127.0.0.1, not the host's address.
-               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            # Ray's local instance on 127.0.0.1, not the host's address.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
         env.pop("RAY_ADDRESS", None)
         for name, config in self.configs.items():
             if self._stop.is_set():
                 return
             with (self.logs / f"worker-{name}.log").open("wb") as log:
                 self.proc = subprocess.Popen(
-                    [str(Path(sys.executable).parent / "llmtrain"), "worker",
-                     "--stage-config", str(config)],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                    [
+                        str(Path(sys.executable).parent / "llmtrain"),
+                        "worker",
+                        "--stage-config",
+                        str(config),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 self.results[name] = self.proc.wait()
             if self.results[name] != 0:
                 return  # later stages start from this one
@@ -175,15 +207,24 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
     docs = render(namespace=RELEASE_NS)
     ports = {name: free_port() for name in STAGES}
     pod_monitor = find(docs, "PodMonitor")
-    drivers = [scrape_config_for(pod_monitor, f"127.0.0.1:{ports[name]}",
-                                 {"namespace": NAMESPACE, "pod": f"{JOB}-{name}-a1-0"})
-               for name in STAGES]
-    driver_scrape = {**drivers[0], "static_configs": [
-        sc for d in drivers for sc in d["static_configs"]]}
+    drivers = [
+        scrape_config_for(
+            pod_monitor,
+            f"127.0.0.1:{ports[name]}",
+            {"namespace": NAMESPACE, "pod": f"{JOB}-{name}-a1-0"},
+        )
+        for name in STAGES
+    ]
+    driver_scrape = {
+        **drivers[0],
+        "static_configs": [sc for d in drivers for sc in d["static_configs"]],
+    }
     scrape = [
-        scrape_config_for(find(docs, "ServiceMonitor"), f"127.0.0.1:{op_port}",
-                          {"namespace": RELEASE_NS,
-                           "service": find(docs, "Service")["metadata"]["name"]}),
+        scrape_config_for(
+            find(docs, "ServiceMonitor"),
+            f"127.0.0.1:{op_port}",
+            {"namespace": RELEASE_NS, "service": find(docs, "Service")["metadata"]["name"]},
+        ),
         driver_scrape,
     ]
     rules = rules_file(docs, tmp_path / "rules.yaml")
@@ -204,19 +245,24 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
             workers.stop()
         for name in STAGES:
             assert results.get(name) == 0, f"llmtrain worker ({name}) failed:\n" + workers.tail(
-                name)
+                name
+            )
         time.sleep(3)
         end = time.time()
 
         # honor_labels kept the LLMTrainingJob's labels, not the scrape job's.
         steps = prom.query_range("llmtrain_train_step", start, end)
-        assert {(s["metric"]["job"], s["metric"]["namespace"], s["metric"]["stage"])
-                for s in steps} == {(JOB, NAMESPACE, name) for name in STAGES}
+        assert {
+            (s["metric"]["job"], s["metric"]["namespace"], s["metric"]["stage"]) for s in steps
+        } == {(JOB, NAMESPACE, name) for name in STAGES}
         assert {"namespace": NAMESPACE, "phase": "Running"}.items() <= prom.query(
-            'llmtrain_operator_jobs{phase="Running"}')[0]["metric"].items()
+            'llmtrain_operator_jobs{phase="Running"}'
+        )[0]["metric"].items()
         # ... and the operator's per-job series keep the LLMTrainingJob's `job`.
-        assert {(s["metric"]["job"], s["metric"]["phase"]) for s in prom.query(
-            "llmtrain_operator_job_phase")} == {(JOB, "Running"), ("older", "Failed")}
+        assert {
+            (s["metric"]["job"], s["metric"]["phase"])
+            for s in prom.query("llmtrain_operator_job_phase")
+        } == {(JOB, "Running"), ("older", "Failed")}
 
         # Several stages selected, as Grafana passes a multi-value variable: a regex.
         variables = {"namespace": NAMESPACE, "job": JOB, "stage": "|".join(STAGES)}

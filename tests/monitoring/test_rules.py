@@ -24,8 +24,9 @@ def _rendered_rules(tmp_path: Path) -> Path:
 
 def test_promtool_check_rules(promtool: Path, tmp_path: Path) -> None:
     rules = _rendered_rules(tmp_path)
-    proc = subprocess.run([str(promtool), "check", "rules", str(rules)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(promtool), "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS: 6 rules found" in proc.stdout, proc.stdout
 
@@ -33,8 +34,13 @@ def test_promtool_check_rules(promtool: Path, tmp_path: Path) -> None:
 def test_promtool_unit_tests_cover_every_alert(promtool: Path, tmp_path: Path) -> None:
     rules = _rendered_rules(tmp_path)
     shutil.copy(HERE / "alerts.test.yaml", tmp_path / "alerts.test.yaml")
-    proc = subprocess.run([str(promtool), "test", "rules", "alerts.test.yaml"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(promtool), "test", "rules", "alerts.test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     alerts = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]}

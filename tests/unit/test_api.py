@@ -123,11 +123,19 @@ def test_reports_every_cross_field_problem() -> None:
 def test_structural_and_cross_field_problems_are_reported_together() -> None:
     doc = job(
         stages=[
-            {"name": "rm", "type": "reward", "dataset": {"source": "p", "format": "preference"},
-             "peft": {"method": "lora", "r": 0}},  # structural: this stage does not parse
+            {
+                "name": "rm",
+                "type": "reward",
+                "dataset": {"source": "p", "format": "preference"},
+                "peft": {"method": "lora", "r": 0},
+            },  # structural: this stage does not parse
             {"name": "d", "type": "dpo", "dataset": {"source": "x", "format": "text"}},
-            {"name": "p", "type": "ppo", "dataset": {"source": "q", "format": "prompt-only"},
-             "ppo": {"rewardModel": {"fromStage": "rm"}}},  # fine: rm is a reward stage
+            {
+                "name": "p",
+                "type": "ppo",
+                "dataset": {"source": "q", "format": "prompt-only"},
+                "ppo": {"rewardModel": {"fromStage": "rm"}},
+            },  # fine: rm is a reward stage
         ]
     )
     doc["metadata"]["name"] = "Bad_Name"

@@ -77,6 +77,5 @@ def test_wheel_maps_folders_under_llmtrain(root, tmp_path) -> None:
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert (
         entry
-        and "llmtrain = llmtrain.cli.main:main"
-        in zipfile.ZipFile(wheel).read(entry[0]).decode()
+        and "llmtrain = llmtrain.cli.main:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()
     )

@@ -421,8 +421,9 @@ def test_suspend_and_resume_starts_a_new_attempt() -> None:
     d = w.step()
     assert w.status is not None and w.status.phase == Phase.Suspended
     assert d.delete_pods == ["j-sft-a1-0"] and d.ensure is None  # the head first
-    w.pods["j-sft-a1-0"] = PodView("j-sft-a1-0", "sft", 1, 0, "Running", deleting=True,
-                                   owner_uid="u1")  # checkpointing on its way out
+    w.pods["j-sft-a1-0"] = PodView(
+        "j-sft-a1-0", "sft", 1, 0, "Running", deleting=True, owner_uid="u1"
+    )  # checkpointing on its way out
     assert w.step().delete_pods == []  # its workers stay up for the checkpoint
     del w.pods["j-sft-a1-0"]
     assert w.step().delete_pods == ["j-sft-a1-1"]

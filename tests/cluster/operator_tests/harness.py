@@ -48,25 +48,43 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 30, every: 
 class OperatorProcess:
     """`llmtrain operator` in a subprocess, with its /metrics and /healthz on loopback."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *args: str, all_namespaces: bool = True
-                 ) -> None:
+    def __init__(
+        self, kubeconfig: Path, log: Path, *args: str, all_namespaces: bool = True
+    ) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
         self.log = log
         argv = [
-            str(LLMTRAIN), "operator", *(["--all-namespaces"] if all_namespaces else []),
-            "--resync-seconds", "1", "--scrape-timeout", "1",
+            str(LLMTRAIN),
+            "operator",
+            *(["--all-namespaces"] if all_namespaces else []),
+            "--resync-seconds",
+            "1",
+            "--scrape-timeout",
+            "1",
             # Tests that look at the backoff or the scrape grace pass their own (last wins).
-            "--retry-backoff", "0", "--scrape-grace", "2", "--permanent-grace", "3",
-            "--metrics-bind", f"127.0.0.1:{self.metrics_port}",
-            "--health-bind", f"127.0.0.1:{self.health_port}",
+            "--retry-backoff",
+            "0",
+            "--scrape-grace",
+            "2",
+            "--permanent-grace",
+            "3",
+            "--metrics-bind",
+            f"127.0.0.1:{self.metrics_port}",
+            "--health-bind",
+            f"127.0.0.1:{self.health_port}",
             *args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-        env.update(KUBECONFIG=str(kubeconfig), NO_PROXY="*", no_proxy="*",
-                   LLMTRAIN_TRAINER_IMAGE="registry.test/llmtrain/trainer:test")
+        env.update(
+            KUBECONFIG=str(kubeconfig),
+            NO_PROXY="*",
+            no_proxy="*",
+            LLMTRAIN_TRAINER_IMAGE="registry.test/llmtrain/trainer:test",
+        )
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
     def wait_ready(self, timeout: float = 30) -> OperatorProcess:
         url = f"http://127.0.0.1:{self.health_port}/healthz"
@@ -113,13 +131,23 @@ class OperatorProcess:
 class FakeDriver:
     """A rank-0 driver's /metrics (docs/contracts.md §4) at the pod's IP and metrics port."""
 
-    NAMES = ("llmtrain_train_step", "llmtrain_train_total_steps", "llmtrain_train_loss",
-             "llmtrain_tokens_per_second", "llmtrain_eta_seconds", "llmtrain_checkpoint_step")
+    NAMES = (
+        "llmtrain_train_step",
+        "llmtrain_train_total_steps",
+        "llmtrain_train_loss",
+        "llmtrain_tokens_per_second",
+        "llmtrain_eta_seconds",
+        "llmtrain_checkpoint_step",
+    )
 
     def __init__(self, ip: str, port: int, job: str, stage: str, namespace: str) -> None:
         self.registry = CollectorRegistry()
-        self.gauges = {n: Gauge(n, n, ["namespace", "job", "stage"], registry=self.registry)
-                       .labels(namespace, job, stage) for n in self.NAMES}
+        self.gauges = {
+            n: Gauge(n, n, ["namespace", "job", "stage"], registry=self.registry).labels(
+                namespace, job, stage
+            )
+            for n in self.NAMES
+        }
         self.server, self.thread = start_http_server(port, addr=ip, registry=self.registry)
 
     def set(self, **values: float) -> None:
@@ -131,7 +159,6 @@ class FakeDriver:
         self.server.server_close()
 
 
-
 STORAGE_CLAIM = "llm-storage"
 
 
@@ -139,24 +166,39 @@ def bound_claim(cluster: Any, namespace: str, name: str = STORAGE_CLAIM) -> None
     """A PVC bound to its own hostPath PV (the controller-manager binds them), so pods that
     mount it schedule on kwok nodes; jobs need storage that outlives their pods."""
     pv = {
-        "apiVersion": "v1", "kind": "PersistentVolume",
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
         "metadata": {"name": f"{namespace}-{name}"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                 "hostPath": {"path": f"/tmp/{namespace}-{name}"},
-                 "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
-                 "claimRef": {"namespace": namespace, "name": name}},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "hostPath": {"path": f"/tmp/{namespace}-{name}"},
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "",
+            "claimRef": {"namespace": namespace, "name": name},
+        },
     }
     pvc = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "volumeName": pv["metadata"]["name"],
-                 "resources": {"requests": {"storage": "1Gi"}}},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": pv["metadata"]["name"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
     }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    wait_until(f"PVC {namespace}/{name} bound", lambda: cluster.get(
-        "pvc", name, namespace).get("status", {}).get("phase") == "Bound")
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}),
+    )
+    wait_until(
+        f"PVC {namespace}/{name} bound",
+        lambda: cluster.get("pvc", name, namespace).get("status", {}).get("phase") == "Bound",
+    )
 
 
 class Harness:
@@ -165,20 +207,35 @@ class Harness:
     def __init__(self, cluster: Any, namespace: str) -> None:
         self.cluster, self.ns = cluster, namespace
 
-    def job_manifest(self, name: str, stages: tuple[str, ...] = ("sft", "dpo"),
-                     workers: int = 2, **spec: Any) -> dict[str, Any]:
-        formats = {"sft": ("sft", "messages"), "dpo": ("dpo", "preference"),
-                   "pretrain": ("pretrain", "text")}
+    def job_manifest(
+        self, name: str, stages: tuple[str, ...] = ("sft", "dpo"), workers: int = 2, **spec: Any
+    ) -> dict[str, Any]:
+        formats = {
+            "sft": ("sft", "messages"),
+            "dpo": ("dpo", "preference"),
+            "pretrain": ("pretrain", "text"),
+        }
         body: dict[str, Any] = {
-            "apiVersion": "llmtrain.io/v1alpha1", "kind": "LLMTrainingJob",
+            "apiVersion": "llmtrain.io/v1alpha1",
+            "kind": "LLMTrainingJob",
             "metadata": {"name": name, "namespace": self.ns},
             "spec": {
                 "model": {"source": "org/base"},
-                "stages": [{"name": s, "type": formats[s][0],
-                            "dataset": {"source": f"/storage/{s}.jsonl",
-                                        "format": formats[s][1]}} for s in stages],
-                "resources": {"workers": workers, "gpusPerWorker": 1, "cpu": "1",
-                              "memory": "1Gi", "shmSize": "1Gi"},
+                "stages": [
+                    {
+                        "name": s,
+                        "type": formats[s][0],
+                        "dataset": {"source": f"/storage/{s}.jsonl", "format": formats[s][1]},
+                    }
+                    for s in stages
+                ],
+                "resources": {
+                    "workers": workers,
+                    "gpusPerWorker": 1,
+                    "cpu": "1",
+                    "memory": "1Gi",
+                    "shmSize": "1Gi",
+                },
                 "storage": {"pvc": {"claimName": STORAGE_CLAIM}},  # the `ns` fixture binds it
             },
         }
@@ -189,8 +246,17 @@ class Harness:
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
 
     def patch(self, name: str, patch: dict[str, Any], check: bool = True) -> str:
-        out: str = self.cluster.kubectl("patch", "llmtj", name, "-n", self.ns, "--type=merge",
-                                        "-p", json.dumps(patch), check=check)
+        out: str = self.cluster.kubectl(
+            "patch",
+            "llmtj",
+            name,
+            "-n",
+            self.ns,
+            "--type=merge",
+            "-p",
+            json.dumps(patch),
+            check=check,
+        )
         return out
 
     def job(self, name: str) -> dict[str, Any]:
@@ -209,28 +275,32 @@ class Harness:
         return next((c for c in conds if c["type"] == type_), None)
 
     def pods(self, selector: str = "") -> dict[str, dict[str, Any]]:
-        out = self.cluster.kubectl("get", "pods", "-n", self.ns, "-o", "json",
-                                   *(["-l", selector] if selector else []))
+        out = self.cluster.kubectl(
+            "get", "pods", "-n", self.ns, "-o", "json", *(["-l", selector] if selector else [])
+        )
         return {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
 
     def pod_names(self, job: str) -> set[str]:
         return set(self.pods(f"llmtrain.io/job={job}"))
 
     def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
-        return wait_until(f"{name} {phase}",
-                          lambda: (st := self.status(name)).get("phase") == phase and st,
-                          timeout)
+        return wait_until(
+            f"{name} {phase}",
+            lambda: (st := self.status(name)).get("phase") == phase and st,
+            timeout,
+        )
 
     def wait_pods(self, names: set[str], running: bool = True, timeout: float = 30) -> None:
         def ok() -> bool:
             pods = self.pods()
-            return names <= set(pods) and (not running or all(
-                pods[n]["status"].get("phase") == "Running" for n in names))
+            return names <= set(pods) and (
+                not running or all(pods[n]["status"].get("phase") == "Running" for n in names)
+            )
+
         wait_until(f"pods {sorted(names)}", ok, timeout)
 
     def wait_gone(self, names: set[str], timeout: float = 30) -> None:
-        wait_until(f"pods {sorted(names)} gone", lambda: not (names & set(self.pods())),
-                   timeout)
+        wait_until(f"pods {sorted(names)} gone", lambda: not (names & set(self.pods())), timeout)
 
     def end_pod(self, name: str, phase: str, exit_code: int | None = None) -> None:
         self.cluster.set_pod_phase(self.ns, name, phase, exit_code)
@@ -238,14 +308,21 @@ class Harness:
     def table(self, name: str, *args: str) -> dict[str, str]:
         """`kubectl get llmtj NAME` as {column: cell}; cells are cut at the header's offsets
         (empty cells, such as Loss before the first reading, would shift a split())."""
-        header, row = self.cluster.kubectl("get", "llmtj", name, "-n", self.ns,
-                                           *args).splitlines()
+        header, row = self.cluster.kubectl("get", "llmtj", name, "-n", self.ns, *args).splitlines()
         starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
         bounds = list(zip(starts, [*starts[1:], None], strict=True))
         return {header[a:b].strip(): row[a:b].strip() for a, b in bounds}
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = self.cluster.kubectl("get", "events", "-n", self.ns, "-o", "json",
-                                   "--field-selector", f"involvedObject.name={name}")
+        out = self.cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            self.ns,
+            "-o",
+            "json",
+            "--field-selector",
+            f"involvedObject.name={name}",
+        )
         items: list[dict[str, Any]] = json.loads(out)["items"]
         return items

@@ -31,8 +31,9 @@ def test_retryable_failures_retry_then_exhaust_the_backoff_limit(
     h.wait_gone({"flaky-sft-a1-0", "flaky-sft-a1-1"})
     stage = h.stage("flaky", "sft")
     assert (stage["attempt"], stage["restarts"]) == (2, 1)
-    assert not {"flaky-sft-a1"} & {s for s in h.cluster.kubectl(
-        "get", "cm,svc", "-n", h.ns, "-o", "name").split()}
+    assert not {"flaky-sft-a1"} & {
+        s for s in h.cluster.kubectl("get", "cm,svc", "-n", h.ns, "-o", "name").split()
+    }
     h.wait_phase("flaky", "Running")
     restarting = h.condition("flaky", "Restarting")
     assert restarting and restarting["status"] == "False"
@@ -101,8 +102,10 @@ def test_retries_back_off_and_say_when(start_operator: Any, h: Harness) -> None:
     h.apply(h.job_manifest("slow", stages=("sft",), workers=1))
     h.wait_phase("slow", "Running")
     h.end_pod("slow-sft-a1-0", "Failed", exit_code=75)
-    restarting = wait_until("Restarting", lambda: (
-        c := h.condition("slow", "Restarting")) and c["status"] == "True" and c)
+    restarting = wait_until(
+        "Restarting",
+        lambda: (c := h.condition("slow", "Restarting")) and c["status"] == "True" and c,
+    )
     retry_after = h.stage("slow", "sft")["retryAfter"]
     assert f"retrying as attempt 2 at {retry_after} (backoff 4s)" in restarting["message"]
     h.wait_gone({"slow-sft-a1-0"})
@@ -118,8 +121,15 @@ def test_retries_back_off_and_say_when(start_operator: Any, h: Harness) -> None:
 def test_stalled_attempt_is_restarted(start_operator: Any, h: Harness, drivers: Any) -> None:
     start_operator("--standalone")
     port = free_port()
-    h.apply(h.job_manifest("stuck", stages=("sft",), workers=1, monitoring={"metricsPort": port},
-                           runPolicy={"stallTimeoutSeconds": 3}))
+    h.apply(
+        h.job_manifest(
+            "stuck",
+            stages=("sft",),
+            workers=1,
+            monitoring={"metricsPort": port},
+            runPolicy={"stallTimeoutSeconds": 3},
+        )
+    )
     h.wait_phase("stuck", "Running")
     ip = h.pods()["stuck-sft-a1-0"]["status"]["podIP"]
     drivers(ip, port, "stuck", "sft", h.ns).set(train_step=7, train_total_steps=100)
@@ -131,11 +141,14 @@ def test_stalled_attempt_is_restarted(start_operator: Any, h: Harness, drivers: 
 def test_an_unreadable_driver_is_reported_not_restarted(start_operator: Any, h: Harness) -> None:
     """A port mismatch or a NetworkPolicy: the gang is healthy, only the scrape fails."""
     start_operator("--standalone")
-    h.apply(h.job_manifest("blind", stages=("sft",), workers=1,
-                           runPolicy={"stallTimeoutSeconds": 3}))
+    h.apply(
+        h.job_manifest("blind", stages=("sft",), workers=1, runPolicy={"stallTimeoutSeconds": 3})
+    )
     h.wait_phase("blind", "Running")
-    unknown = wait_until("ProgressUnknown", lambda: (
-        c := h.condition("blind", "ProgressUnknown")) and c["status"] == "True" and c)
+    unknown = wait_until(
+        "ProgressUnknown",
+        lambda: (c := h.condition("blind", "ProgressUnknown")) and c["status"] == "True" and c,
+    )
     assert unknown["reason"] == "MetricsUnreadable" and "/metrics" in unknown["message"]
     time.sleep(8)  # well past stallTimeoutSeconds
     assert h.pod_names("blind") == {"blind-sft-a1-0"}
@@ -161,14 +174,17 @@ def test_a_missing_worker_service_account_shows_on_the_job_until_it_exists(
     # did not prepare (not in its jobNamespaces).
     start_operator("--standalone", "--worker-service-account", "llm-worker")
     h.apply(h.job_manifest("nosa", stages=("sft",)))
-    failed = wait_until("CreateFailed condition", lambda: (
-        c := h.condition("nosa", "CreateFailed")) and c["status"] == "True" and c)
+    failed = wait_until(
+        "CreateFailed condition",
+        lambda: (c := h.condition("nosa", "CreateFailed")) and c["status"] == "True" and c,
+    )
     assert failed["reason"] == "FailedCreate"
     assert 'serviceaccount "llm-worker" not found' in failed["message"], failed
     assert f"create it in namespace '{h.ns}'" in failed["message"]
     assert h.status("nosa")["phase"] == "Pending" and not h.pod_names("nosa")
-    wait_until("FailedCreate event", lambda: "FailedCreate" in [
-        e["reason"] for e in h.events("nosa")])
+    wait_until(
+        "FailedCreate event", lambda: "FailedCreate" in [e["reason"] for e in h.events("nosa")]
+    )
 
     # Refused alike on the next tries: still one Warning, not one per retry.
     time.sleep(RECREATE + 3)
@@ -177,7 +193,9 @@ def test_a_missing_worker_service_account_shows_on_the_job_until_it_exists(
     h.cluster.kubectl("create", "serviceaccount", "llm-worker", "-n", h.ns)
     h.wait_pods({"nosa-sft-a1-0", "nosa-sft-a1-1"}, timeout=RECREATE + 30)
     assert {p["spec"]["serviceAccountName"] for p in h.pods().values()} == {"llm-worker"}
-    cleared = wait_until("condition cleared", lambda: (
-        c := h.condition("nosa", "CreateFailed")) and c["status"] == "False" and c)
+    cleared = wait_until(
+        "condition cleared",
+        lambda: (c := h.condition("nosa", "CreateFailed")) and c["status"] == "False" and c,
+    )
     assert cleared["reason"] == "PodsCreated"
     h.wait_phase("nosa", "Running")

@@ -51,18 +51,25 @@ def test_restarted_operator_creates_no_duplicates_and_keeps_status(
     assert h.status("durable")["stages"] == h.status("durable")["stages"]
 
 
-def test_two_replicas_only_the_leader_acts(
-    cluster: Any, start_operator: Any, h: Harness
-) -> None:
+def test_two_replicas_only_the_leader_acts(cluster: Any, start_operator: Any, h: Harness) -> None:
     name = f"ha-{uuid.uuid4().hex[:6]}"
     # The chart creates the peering object (templates/peering.yaml).
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}))
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        ),
+    )
     args = ("--peering", name, "--peering-lifetime", "4")
     standby = start_operator(*args, "--priority", "10")
     leader = start_operator(*args, "--priority", "20")
-    peers = wait_until("both replicas in the peering object", lambda: len(
-        cluster.get("clusterkopfpeering", name).get("status") or {}) == 2, timeout=20)
+    peers = wait_until(
+        "both replicas in the peering object",
+        lambda: len(cluster.get("clusterkopfpeering", name).get("status") or {}) == 2,
+        timeout=20,
+    )
     assert peers
 
     h.apply(h.job_manifest("guarded"))
@@ -89,26 +96,34 @@ def test_operator_needs_only_the_chart_rules(cluster: Any, chart_rbac: dict[str,
     sa = f"system:serviceaccount:llmtrain-system:{chart_rbac['sa']}"
 
     def can(verb: str, resource: str) -> bool:
-        out = cluster.kubectl("auth", "can-i", verb, resource, f"--as={sa}",
-                              "--all-namespaces", check=False)
+        out = cluster.kubectl(
+            "auth", "can-i", verb, resource, f"--as={sa}", "--all-namespaces", check=False
+        )
         return bool(out.strip() == "yes")
 
     needed = [
-        ("watch", "llmtrainingjobs.llmtrain.io"), ("patch", "llmtrainingjobs.llmtrain.io"),
-        ("delete", "llmtrainingjobs.llmtrain.io"), ("patch", "llmtrainingjobs.llmtrain.io/status"),
-        ("watch", "pods"), ("create", "pods"), ("delete", "pods"),
-        ("create", "configmaps"), ("delete", "configmaps"),
-        ("create", "services"), ("delete", "services"), ("create", "events"),
-        ("watch", "clusterkopfpeerings.kopf.dev"), ("patch", "clusterkopfpeerings.kopf.dev"),
-        ("list", "customresourcedefinitions.apiextensions.k8s.io"), ("watch", "namespaces"),
+        ("watch", "llmtrainingjobs.llmtrain.io"),
+        ("patch", "llmtrainingjobs.llmtrain.io"),
+        ("delete", "llmtrainingjobs.llmtrain.io"),
+        ("patch", "llmtrainingjobs.llmtrain.io/status"),
+        ("watch", "pods"),
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("create", "configmaps"),
+        ("delete", "configmaps"),
+        ("create", "services"),
+        ("delete", "services"),
+        ("create", "events"),
+        ("watch", "clusterkopfpeerings.kopf.dev"),
+        ("patch", "clusterkopfpeerings.kopf.dev"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("watch", "namespaces"),
     ]
     assert [n for n in needed if not can(*n)] == []
     assert not can("create", "secrets") and not can("get", "secrets")
 
 
-def test_watches_only_the_given_namespaces(
-    cluster: Any, start_operator: Any, h: Harness
-) -> None:
+def test_watches_only_the_given_namespaces(cluster: Any, start_operator: Any, h: Harness) -> None:
     other = Harness(cluster, f"op-other-{uuid.uuid4().hex[:6]}")
     cluster.create_namespace(other.ns)
     try:
@@ -129,8 +144,14 @@ def test_failover_after_sigkill_and_a_standby_exports_no_job_series(
     standby acting, and a replica that goes standby drops its per-job series (else
     LLMTrainJobFailed would fire forever from what it saw while it was active)."""
     name = f"ha-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}))
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        ),
+    )
     lifetime = 15
     args = ("--peering", name, "--peering-lifetime", str(lifetime))
     first = start_operator(*args, "--priority", "10")
@@ -151,6 +172,8 @@ def test_failover_after_sigkill_and_a_standby_exports_no_job_series(
     failover = time.monotonic() - killed
     print(f"failover after SIGKILL with a {lifetime}s peering lifetime: {failover:.1f}s")
     assert failover < lifetime + 15, failover
-    wait_until("the survivor exports them again", lambda: any(
-        'job="watched"' in k for k in first.metrics()))
+    wait_until(
+        "the survivor exports them again",
+        lambda: any('job="watched"' in k for k in first.metrics()),
+    )
     cluster.kubectl("delete", "clusterkopfpeering", name, check=False)

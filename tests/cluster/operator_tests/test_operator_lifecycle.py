@@ -1,6 +1,6 @@
 """A job's whole life under the real operator: pods, progress, stage hand-off, success.
 
-    pytest -m cluster tests/cluster/operator_tests/test_operator_lifecycle.py
+pytest -m cluster tests/cluster/operator_tests/test_operator_lifecycle.py
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from tests.cluster.operator_tests.harness import Harness, free_port, wait_until
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def test_job_runs_stage_by_stage_to_success(
-    start_operator: Any, h: Harness, drivers: Any
-) -> None:
+def test_job_runs_stage_by_stage_to_success(start_operator: Any, h: Harness, drivers: Any) -> None:
     op = start_operator("--standalone")
     port = free_port()
-    body = h.job_manifest("chat", monitoring={"metricsPort": port},
-                          runPolicy={"stallTimeoutSeconds": 600})
+    body = h.job_manifest(
+        "chat", monitoring={"metricsPort": port}, runPolicy={"stallTimeoutSeconds": 600}
+    )
     body["spec"]["resources"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu"}
     h.apply(body)
     uid = h.job("chat")["metadata"]["uid"]
@@ -42,7 +41,10 @@ def test_job_runs_stage_by_stage_to_success(
     cm = h.cluster.get("configmap", "chat-sft-a1", h.ns)
     cfg = json.loads(cm["data"]["stage.json"])
     assert (cfg["inputModel"], cfg["outputDir"], cfg["workers"]) == (
-        "org/base", "/storage/chat/sft", 2)
+        "org/base",
+        "/storage/chat/sft",
+        2,
+    )
     svc = h.cluster.get("service", "chat-sft-a1", h.ns)
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["metadata"]["ownerReferences"][0]["uid"] == uid
@@ -56,10 +58,19 @@ def test_job_runs_stage_by_stage_to_success(
     ip = h.pods()["chat-sft-a1-0"]["status"]["podIP"]
     assert ip.startswith("127.")
     driver = drivers(ip, port, "chat", "sft", h.ns)
-    driver.set(train_step=40, train_total_steps=100, train_loss=1.25, tokens_per_second=900,
-               eta_seconds=60, checkpoint_step=40)
-    st = wait_until("progress in status", lambda: (s := h.status("chat")).get(
-        "progress") == "40/100" and s, timeout=15)
+    driver.set(
+        train_step=40,
+        train_total_steps=100,
+        train_loss=1.25,
+        tokens_per_second=900,
+        eta_seconds=60,
+        checkpoint_step=40,
+    )
+    st = wait_until(
+        "progress in status",
+        lambda: (s := h.status("chat")).get("progress") == "40/100" and s,
+        timeout=15,
+    )
     assert st["loss"] == 1.25
     stage = h.stage("chat", "sft")
     assert stage["progress"]["tokensPerSecond"] == 900 and stage["progress"]["etaSeconds"] == 60
@@ -100,7 +111,10 @@ def test_job_runs_stage_by_stage_to_success(
     assert h.condition("chat", "Running")["reason"] == "JobSucceeded"  # type: ignore[index]
     columns = h.table("chat", "-o", "wide")
     assert (columns["PHASE"], columns["STAGE"], columns["REASON"]) == (
-        "Succeeded", "dpo (2/2)", "JobSucceeded")
+        "Succeeded",
+        "dpo (2/2)",
+        "JobSucceeded",
+    )
 
     # Finished and without a TTL, the job needs the operator no more: its finalizer goes, so
     # deleting it (or its namespace) never waits for an operator, installed or not.
@@ -108,9 +122,11 @@ def test_job_runs_stage_by_stage_to_success(
 
     # One INFO line per transition, and no access log of the health probe.
     log = op.log.read_text()
-    for line in (f"job {h.ns}/chat: created 2 pod(s) of stage sft attempt 1",
-                 f"job {h.ns}/chat: StageSucceeded: stage sft succeeded",
-                 f"job {h.ns}/chat: JobSucceeded: all 2 stage(s) succeeded"):
+    for line in (
+        f"job {h.ns}/chat: created 2 pod(s) of stage sft attempt 1",
+        f"job {h.ns}/chat: StageSucceeded: stage sft succeeded",
+        f"job {h.ns}/chat: JobSucceeded: all 2 stage(s) succeeded",
+    ):
         assert line in log, line
     assert "/healthz" not in log
 

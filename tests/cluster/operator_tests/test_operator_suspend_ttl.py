@@ -1,6 +1,6 @@
 """Suspend and resume (the Kueue contract) and ttlSecondsAfterFinished, on the real operator.
 
-    pytest -m cluster tests/cluster/operator_tests/test_operator_suspend_ttl.py
+pytest -m cluster tests/cluster/operator_tests/test_operator_suspend_ttl.py
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ def test_job_created_suspended_waits_for_admission(start_operator: Any, h: Harne
     time.sleep(2)
     assert not h.pod_names("queued")
     # Kueue admits: it may rewrite scheduling fields while suspended, then unsuspends.
-    h.patch("queued", {"spec": {"resources": {"nodeSelector": {"type": "kwok"}},
-                                "suspend": False}})
+    h.patch("queued", {"spec": {"resources": {"nodeSelector": {"type": "kwok"}}, "suspend": False}})
     h.wait_pods({"queued-sft-a1-0", "queued-sft-a1-1"})
     pod = h.pods()["queued-sft-a1-0"]
     assert pod["spec"]["nodeSelector"] == {"type": "kwok"}
@@ -58,15 +57,25 @@ def test_job_created_suspended_waits_for_admission(start_operator: Any, h: Harne
 
 def test_ttl_deletes_the_finished_job_and_its_children(start_operator: Any, h: Harness) -> None:
     start_operator("--standalone")
-    h.apply(h.job_manifest("shortlived", stages=("sft",),
-                           runPolicy={"ttlSecondsAfterFinished": 2}))
+    h.apply(h.job_manifest("shortlived", stages=("sft",), runPolicy={"ttlSecondsAfterFinished": 2}))
     h.wait_phase("shortlived", "Running")
     h.end_pod("shortlived-sft-a1-0", "Succeeded")
     h.wait_phase("shortlived", "Succeeded")
     assert h.pod_names("shortlived") == {"shortlived-sft-a1-0"}  # kept for logs until the TTL
-    wait_until("job deleted", lambda: h.cluster.kubectl(
-        "get", "llmtj", "-n", h.ns, "-o", "name") == "", timeout=20)
+    wait_until(
+        "job deleted",
+        lambda: h.cluster.kubectl("get", "llmtj", "-n", h.ns, "-o", "name") == "",
+        timeout=20,
+    )
     # The garbage collector removes what the job owned.
-    wait_until("children gone", lambda: not h.pod_names("shortlived") and h.cluster.kubectl(
-        "get", "cm,svc", "-n", h.ns, "-l", "llmtrain.io/job=shortlived", "-o", "name") == "",
-        timeout=30)
+    wait_until(
+        "children gone",
+        lambda: (
+            not h.pod_names("shortlived")
+            and h.cluster.kubectl(
+                "get", "cm,svc", "-n", h.ns, "-l", "llmtrain.io/job=shortlived", "-o", "name"
+            )
+            == ""
+        ),
+        timeout=30,
+    )
