@@ -66,9 +66,29 @@ def tokenizer_source(cfg: StageConfig) -> str:
 def tokenizer_dir(source: str) -> str:
     """`source`, or the base model of an adapter dir that holds no tokenizer."""
     while is_adapter_dir(source) and not (Path(source) / "tokenizer_config.json").is_file():
-        config = json.loads((Path(source) / "adapter_config.json").read_text())
-        source = config["base_model_name_or_path"]
+        source = adapter_base(source)
     return str(source)
+
+
+def adapter_base(adapter_dir: str) -> str:
+    """The base model an adapter dir names. A stage's base is often the previous stage's
+    `final/`, written as the pod saw it (`/storage/job/sft/final`); on storage mounted
+    elsewhere (the PVC's directory on a laptop) that path is found again next to the
+    adapter: the longest tail of it that exists under one of the adapter dir's parents."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_dir}: adapter_config.json names no base model")
+    path = Path(base)
+    if not path.is_absolute() or path.exists():
+        return str(base)
+    here = Path(adapter_dir).resolve()
+    for start in range(1, len(path.parts)):
+        tail = Path(*path.parts[start:])
+        for parent in here.parents:
+            if (parent / tail).is_dir():
+                return str(parent / tail)
+    return str(base)
 
 
 def load_tokenizer(cfg: StageConfig) -> Any:
@@ -117,10 +137,7 @@ def load_pretrained(
 
     cls = getattr(transformers, auto_class)
     if is_adapter_dir(source):
-        base = json.loads((Path(source) / "adapter_config.json").read_text())
-        base_source = base.get("base_model_name_or_path")
-        if not base_source:
-            raise ValueError(f"{source}: adapter_config.json names no base model")
+        base_source = adapter_base(source)
         model = load_pretrained(
             base_source, dtype, False, None, trust_remote_code, auto_class, **kwargs
         )

@@ -113,3 +113,19 @@ def test_report_plots_the_alignment_metrics_a_stage_logged(tmp_path) -> None:
     # A stage that logs none gets no such plot.
     plain = write_report(tmp_path / "other", [plans[0].config])["stages"][0]
     assert plain["alignment"] == {} and plain["alignment_plot"] is None
+
+
+def test_an_adapters_base_is_found_on_storage_mounted_elsewhere(tmp_path) -> None:
+    """A dpo adapter names its base as the pod saw it (/storage/job/sft/final); on the
+    PVC's directory on another machine the same base is found next to the adapter."""
+    from llmtrain.trainer.models import adapter_base
+
+    sft, dpo = tmp_path / "pv" / "job" / "sft" / "final", tmp_path / "pv" / "job" / "dpo" / "final"
+    sft.mkdir(parents=True)
+    dpo.mkdir(parents=True)
+    (dpo / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "/storage/job/sft/final"})
+    )
+    assert adapter_base(str(dpo)) == str(sft.resolve())
+    (dpo / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    assert adapter_base(str(dpo)) == "org/base"  # a hub id stays one
