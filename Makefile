@@ -44,6 +44,8 @@ typecheck: .build/typecheck/.stamp
 layers: .build/typecheck/.stamp
 	PYTHONPATH=.build/typecheck $(BIN)/lint-imports pyproject.toml
 
+# Two lanes (tests/conftest.py): one trains, the other mostly waits on an apiserver.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 

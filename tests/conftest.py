@@ -1,4 +1,9 @@
-"""Shared fixtures: the repo root and the `llmtrain` CLI as a subprocess."""
+"""Shared fixtures: the repo root and the `llmtrain` CLI as a subprocess; the two CI lanes.
+
+`make test` runs pytest with `-n 2 --dist loadgroup`: every test gets an `xdist_group` by its
+path, so the tests that mostly wait on an apiserver share one worker while the tests that keep
+both cores busy training share the other. Each lane starts its own session fixtures once.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every Ray a test starts stays on loopback (Ray binds the host's address otherwise); it is
 # read when ray is first imported, and child processes inherit it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+# Tests that train on the CPU (or run pods that do); everything else mostly waits on a cluster.
+TRAIN_LANE = (
+    "tests/trainer/",
+    "tests/unit/",
+    "benchmarks/",
+    "tests/e2e/test_real_node.py",
+    "tests/e2e/test_cluster_training.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        rel = item.path.relative_to(ROOT).as_posix()
+        lane = "train" if rel.startswith(TRAIN_LANE) else "cluster"
+        item.add_marker(pytest.mark.xdist_group(lane))
 
 
 @pytest.fixture(scope="session")
