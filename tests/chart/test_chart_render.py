@@ -57,6 +57,13 @@ NAMESPACED = {
 }
 # The operator's per-attempt NetworkPolicies (networkPolicy.enabled, the default).
 NETWORK_POLICIES = {("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"}}
+# Kueue admission (kueue.enabled, the default): Workloads per stage, and the cluster-scoped
+# reads that fill them and the admitted pods (the flavor's scheduling, the priority value).
+KUEUE = {("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "create", "delete"}}
+KUEUE_CLUSTER = {
+    ("kueue.x-k8s.io", "resourceflavors"): {"get"},
+    ("scheduling.k8s.io", "priorityclasses"): {"get"},
+}
 # Cluster-scoped reads kopf makes in both modes (the namespaced one too: tests/cluster).
 CLUSTER_READS = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
@@ -126,7 +133,9 @@ def test_defaults_watch_all_namespaces_with_one_clusterrole() -> None:
     expected = {
         **NAMESPACED,
         **NETWORK_POLICIES,
+        **KUEUE,
         **CLUSTER_READS,
+        **KUEUE_CLUSTER,
         ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     }
     assert rules_of(role) == expected
@@ -140,6 +149,11 @@ def test_defaults_watch_all_namespaces_with_one_clusterrole() -> None:
     # Without NetworkPolicies the operator does not get to create them either.
     off = find(render(None, "networkPolicy.enabled=false"), "ClusterRole", "llmtrain-operator")
     assert rules_of(off) == {k: v for k, v in expected.items() if k not in NETWORK_POLICIES}
+    # Nor Workloads, flavors and priority classes without Kueue.
+    off = find(render(None, "kueue.enabled=false"), "ClusterRole", "llmtrain-operator")
+    assert rules_of(off) == {
+        k: v for k, v in expected.items() if k not in KUEUE and k not in KUEUE_CLUSTER
+    }
     args = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--all-namespaces" in args and "--peering=llmtrain" in args
     assert not any(a.startswith("--namespace") for a in args)
@@ -153,6 +167,7 @@ def test_namespaced_mode_uses_a_role_per_namespace() -> None:
         assert rules_of(role) == {
             **NAMESPACED,
             **NETWORK_POLICIES,
+            **KUEUE,
             ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
         }
     bindings = find_all(docs, "RoleBinding", "llmtrain-operator")
@@ -163,7 +178,7 @@ def test_namespaced_mode_uses_a_role_per_namespace() -> None:
     cluster_roles = [
         r for r in find_all(docs, "ClusterRole") if "operator" in r["metadata"]["name"]
     ]
-    assert [rules_of(r) for r in cluster_roles] == [CLUSTER_READS]
+    assert [rules_of(r) for r in cluster_roles] == [{**CLUSTER_READS, **KUEUE_CLUSTER}]
     peerings = find_all(docs, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     assert find_all(docs, "ClusterKopfPeering") == []
