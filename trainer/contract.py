@@ -40,6 +40,34 @@ from llmtrain.trainer.config import (
 # ---- §1 the stage config ---------------------------------------------------------------
 
 
+class ObjectStoreConfig(Model):
+    """Where a stage keeps what must outlive its pods, when not on a shared volume: an S3 API
+    bucket (AWS, MinIO, Ceph RGW, SeaweedFS, GCS's XML API, R2). No credentials here: they
+    come from the environment (`ENV_AWS_*`, §2)."""
+
+    uri: str = Field(
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="s3://bucket/prefix: each stage's directory goes to `{uri}/{job}/{stage}`.",
+    )
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+/?$",
+        description="S3 endpoint URL for a store other than AWS, e.g. http://minio:9000 or "
+        "https://storage.googleapis.com. Empty: AWS.",
+    )
+    region: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9-]+$",
+        description="Bucket region (AWS needs the right one; `auto` for R2). Empty: us-east-1 "
+        "with an endpoint, else looked up.",
+    )
+    path_style: bool = Field(
+        True,
+        description="Path-style URLs (endpoint/bucket/key), which MinIO, Ceph RGW and "
+        "SeaweedFS expect; false for virtual-hosted ones (bucket.endpoint/key).",
+    )
+
+
 class StageConfig(Model):
     """One stage, fully resolved: the file `llmtrain worker --stage-config` reads."""
 
@@ -55,6 +83,11 @@ class StageConfig(Model):
     workers: int = Field(1, gt=0, description="Ray Train workers (pods x GPUs per pod).")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Backend.")
     checkpointing: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Saves.")
+    object_store: ObjectStoreConfig | None = Field(
+        None,
+        description="Bucket the stage directory is kept in (uploaded, resumed from); "
+        "empty: `output_dir` is shared storage.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port of the driver's /metrics; empty disables it."
     )
@@ -71,22 +104,29 @@ def resolve_stages(
     distributed: DistributedSpec,
     checkpointing: CheckpointSpec,
     metrics_port: int | None,
+    object_store: ObjectStoreConfig | None = None,
 ) -> list[StageConfig]:
     """Resolve every stage of a job into the config its worker runs.
 
     The one place that decides model hand-off, so the operator and the local runner agree:
     a stage starts from `inputModel` (an earlier stage's `final/` or a path), else from the
-    previous stage's `final/`, else from `spec.model` (a source, or `architecture`).
+    previous stage's `final/`, else from `spec.model` (a source, or `architecture`). With an
+    object store, an earlier stage's `final/` is its `{uri}/{job}/{stage}/final` in the bucket.
     """
+    if object_store is not None:  # the operator's ObjectStore adds Secret references
+        object_store = ObjectStoreConfig.model_validate(
+            object_store.model_dump(include=set(ObjectStoreConfig.model_fields))
+        )
+    handoff = object_store.uri if object_store is not None else storage_root
     out: list[StageConfig] = []
     for i, st in enumerate(stages):
         ref = st.input_model
         if ref is not None and ref.path:
             input_model: str | None = ref.path
         elif ref is not None and ref.from_stage:
-            input_model = final_model_dir(storage_root, job, ref.from_stage)
+            input_model = final_model_dir(handoff, job, ref.from_stage)
         elif i > 0:
-            input_model = final_model_dir(storage_root, job, stages[i - 1].name)
+            input_model = final_model_dir(handoff, job, stages[i - 1].name)
         else:
             input_model = model.source
         reward = (st.ppo.reward_model if st.ppo else None) or (
@@ -94,9 +134,7 @@ def resolve_stages(
         )
         reward_model = None
         if reward is not None:
-            reward_model = reward.path or final_model_dir(
-                storage_root, job, reward.from_stage or ""
-            )
+            reward_model = reward.path or final_model_dir(handoff, job, reward.from_stage or "")
         out.append(
             StageConfig(
                 job=job,
@@ -110,6 +148,7 @@ def resolve_stages(
                 distributed=distributed,
                 checkpointing=checkpointing,
                 metrics_port=metrics_port,
+                object_store=object_store,
             )
         )
     return out
@@ -161,6 +200,14 @@ def hub_token() -> str | None:
     return os.environ.get(ENV_HF_TOKEN) or None
 
 
+# Object store credentials (StageConfig.object_store): the standard AWS names, from the
+# job's Secret references on a pod, from the user's environment in `llmtrain run`; passed on
+# to the Ray Train workers.
+ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+
+
 # ---- §3 the stage directory ({storage}/{job}/{stage} on a cluster) -----------------------
 
 FINAL = "final"  # what the stage trained: a full model, or an adapter
@@ -184,6 +231,12 @@ def stage_dir(storage_root: str, job: str, stage: str) -> str:
 def final_model_dir(storage_root: str, job: str, stage: str) -> str:
     """What a later stage starts from (its `input_model`)."""
     return f"{stage_dir(storage_root, job, stage)}/{FINAL}"
+
+
+def stage_uri(cfg: StageConfig) -> str | None:
+    """The stage directory's copy in the bucket, `{uri}/{job}/{stage}`, or None."""
+    store = cfg.object_store
+    return stage_dir(store.uri, cfg.job, cfg.stage.name) if store is not None else None
 
 
 def checkpoint_name(step: int) -> str:
