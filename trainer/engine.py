@@ -9,7 +9,8 @@ What `run` does, in the driver process:
    half-written checkpoints (checkpoint.clean);
 2. prepares the data once (stage module's `prepare_data`), logs kept/dropped counts, and saves
    it to `{stage}/prepared/` (reused while the data config is unchanged);
-3. joins Ray at `RAY_ADDRESS`, or starts a local Ray;
+3. joins Ray at `RAY_ADDRESS` (a cluster's, or the local runner's one-machine Ray when
+   LLMTRAIN_LOCAL_RAY=1), or starts a local Ray;
 4. serves /metrics and writes progress.json / metrics.jsonl (metrics.Monitor, fed by a queue);
 5. runs `loop.train_worker` on `cfg.workers` Ray Train workers with `TorchTrainer`: gloo on CPUs,
    nccl on GPUs; each worker resumes from the newest complete checkpoint by itself;
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer import checkpoint, models, stages
+from llmtrain.trainer import checkpoint, models, ray_setup, stages
 from llmtrain.trainer.config import STAGE_RULES, StageType, stage_problems
 from llmtrain.trainer.contract import (
     CHECKPOINTS,
@@ -146,11 +147,16 @@ def connect() -> None:
     address = os.environ.get(ENV_RAY_ADDRESS)
     runtime_env = {"worker_process_setup_hook": "llmtrain.trainer.ray_setup.quiet"}
     if address:
-        log.info("joining Ray at %s", address)
+        log.info("joining %s at %s", "the local run's Ray" if _local() else "Ray", address)
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         log.info("starting a local Ray instance")
         ray.init(include_dashboard=False, runtime_env=runtime_env)
+
+
+def _local() -> bool:
+    """RAY_ADDRESS is the local runner's one-machine Ray, not a gang spanning pods."""
+    return os.environ.get(ray_setup.ENV_LOCAL_HEAD) == "1"
 
 
 def _worker_env(use_gpu: bool) -> dict[str, str]:
@@ -199,7 +205,8 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     per_worker: dict[str, float] = {"CPU": max(1, int(cpus // cfg.workers))}
     # Not when joining a cluster: its other pods may not have joined yet, and a whole CPU per
     # worker makes Ray Train wait for them instead of crowding every worker onto the head.
-    if cpus < cfg.workers and not os.environ.get(ENV_RAY_ADDRESS):
+    # The local run's own Ray (`llmtrain run`, ray_setup.local_head) is this machine: local.
+    if cpus < cfg.workers and (_local() or not os.environ.get(ENV_RAY_ADDRESS)):
         per_worker["CPU"] = cpus / cfg.workers
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     # Ray Train extras a stage does not use, each one more actor process to start: the

@@ -12,8 +12,10 @@ it ran is reported instead of silently mixed with the old outputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer import checkpoint
+from llmtrain.trainer import checkpoint, ray_setup
 from llmtrain.trainer.contract import (
     CHECKPOINTS,
     PROGRESS,
@@ -134,6 +136,7 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
     view.stage_started(p.config, resumed_from=resumed.name if resumed else None)
     log = log_file.open("a")
     started = time.time()
+    _LOCAL_RAY.start()  # before the first stage that runs; the later ones join it
     proc = subprocess.Popen(
         _worker_command(config_path),
         stdout=log,
@@ -179,6 +182,23 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
     view.stage_finished(p.config, read_json(out / RESULT))
 
 
+class _LocalRay:
+    """The run's one local Ray head (ray_setup.local_head), shared by its stages: each stage
+    joins it rather than starting a Ray of its own. Started by the first stage that runs,
+    stopped when run_job returns or raises; none when RAY_ADDRESS names a Ray already."""
+
+    def __init__(self) -> None:
+        self.stack: contextlib.ExitStack | None = None
+        self.log_file = Path("ray.log")
+
+    def start(self) -> None:
+        if self.stack is not None and not os.environ.get("RAY_ADDRESS"):
+            self.stack.enter_context(ray_setup.local_head(self.log_file))
+
+
+_LOCAL_RAY = _LocalRay()
+
+
 def run_job(
     job: Any,
     job_file: Path,
@@ -188,6 +208,23 @@ def run_job(
     view: ProgressView | None = None,
 ) -> Path:
     """Run every stage in order; returns the directory holding the report."""
+    with contextlib.ExitStack() as stack:
+        _LOCAL_RAY.stack = stack
+        _LOCAL_RAY.log_file = workdir.resolve() / job.metadata.name / "ray.log"
+        try:
+            return _run_job(job, job_file, workdir, workers, metrics_port, view)
+        finally:
+            _LOCAL_RAY.stack = None
+
+
+def _run_job(
+    job: Any,
+    job_file: Path,
+    workdir: Path,
+    workers: int,
+    metrics_port: int | None,
+    view: ProgressView | None,
+) -> Path:
     view = view or ProgressView()
     plans = plan(job, job_file, workdir, workers, metrics_port)
     conflicts = [
