@@ -491,6 +491,26 @@ def worker(
 
 
 @app.command()
+def initialize(
+    job_config: Annotated[
+        Path, typer.Option("--job-config", help="The initializer's config (JSON): stages, fetches.")
+    ],
+    termination_log: Annotated[
+        Path | None,
+        typer.Option(help="Also write the verdict here (a pod's terminationMessagePath)."),
+    ] = None,
+) -> None:
+    """Fetch a job's inputs to storage and run the preflight (data, template, memory)."""
+    from llmtrain.trainer import initializer
+
+    code, problems = initializer.run(job_config, termination_log)
+    for line in problems:
+        err.print(Text("error ", style="red") + Text(line))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text to complete.")],
     model: Annotated[

@@ -120,6 +120,8 @@ def load_raw(spec: DatasetSpec, split: str) -> Any:
         if "corresponds to no data" in str(e):  # datasets' words for a file without rows
             raise DataError(f"{src}: the dataset is empty") from e
         raise DataError(f"{src} (split {split!r}): {e}") from e
+    except datasets.exceptions.DatasetGenerationError as e:  # a file that does not parse
+        raise DataError(f"{src} (split {split!r}): {e.__cause__ or e}") from e
 
 
 def _check_columns(ds: Any, spec: DatasetSpec, where: str) -> dict[str, str]:
