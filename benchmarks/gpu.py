@@ -1,6 +1,6 @@
 """GPU benchmark: pretraining MFU, LoRA SFT against TRL, and QLoRA's memory, on one GPU.
 
-    python -m benchmarks gpu                       # one H100/H200: about 5-8 minutes
+    python -m benchmarks gpu                       # one H100/H200, sized for < 10 minutes
     python -m benchmarks.gpu --smoke               # CPU, tiny shapes, a few steps (CI)
     python -m benchmarks.gpu --out gpu.json        # also the figures as JSON
 
@@ -8,11 +8,11 @@ Everything is built from configs, nothing comes from a hub: a byte-level BPE tok
 on generated text (llmtrain.trainer.tiny) and Llama-shaped models with random weights.
 
 1. pretrain MFU: our `pretrain` stage on a ~1.2B Llama (Llama-3.2-1B's shape: hidden 2048,
-   16 layers, 32 heads, 8 KV heads, MLP 8192, vocab 128256, tied embeddings) in bf16 autocast,
-   sequences of 2048. FLOPs = 6·N·tokens + attention 6·L·S·d per token (forward+backward, the
-   full S×S score matrix, as in PaLM's MFU), N = parameters without the input embedding (the
-   tied LM head's matmul is counted). MFU = achieved FLOP/s / the GPU's dense bf16 peak, from
-   its name (PEAK_BF16, printed; unknown names give no MFU).
+   16 layers, 32 heads, 8 KV heads, MLP 8192, vocab 128256, tied embeddings) in bf16 (weights),
+   sequences of 2048. FLOPs = 6·N·tokens + attention 12·L·S·d per token (forward+backward, the
+   full S×S score matrix, as in PaLM's MFU), N = all parameters (the tied embedding is also
+   the LM head's matmul; an untied input embedding would not count). MFU = achieved FLOP/s /
+   the GPU's dense bf16 peak, from its name (PEAK_BF16, printed; unknown names give no MFU).
 2. LoRA SFT tokens/s: our `sft` stage (LoRA r 16 on all linear layers, packing) against TRL's
    SFTTrainer with the same LoRA, packing, bf16 and no gradient checkpointing, on the same
    ~1.2B model and prompt/completion rows; ratio printed.
@@ -70,10 +70,13 @@ def peak_flops(name: str) -> float | None:
 
 
 def count_flops(arch: dict[str, Any], params: int, tokens: int, seq: int) -> float:
-    """6·N·tokens + attention scores and values, 6·L·S·d per token (forward and backward)."""
-    n = params - arch["vocab_size"] * arch["hidden_size"]  # the embedding is a lookup
-    n += arch["vocab_size"] * arch["hidden_size"]  # ...but the tied LM head is a matmul
-    attention = 6 * arch["num_hidden_layers"] * seq * arch["hidden_size"]
+    """6·N·tokens + attention 12·L·S·d per token (PaLM's MFU: QK^T and AV, forward and
+    backward, the full S×S matrix). N excludes an untied input embedding (a lookup); tied, the
+    one matrix is also the LM head's matmul and counts."""
+    n = params
+    if not arch.get("tie_word_embeddings"):
+        n -= arch["vocab_size"] * arch["hidden_size"]
+    attention = 12 * arch["num_hidden_layers"] * seq * arch["hidden_size"]
     return float((6 * n + attention) * tokens)
 
 
