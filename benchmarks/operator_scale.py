@@ -1,26 +1,39 @@
-"""Operator at scale: 200 LLMTrainingJobs created at once on the real control plane.
+"""Operator at scale: LLMTrainingJobs against the same pods created directly, in one run.
 
-    .venv/bin/python -m benchmarks.operator_scale [--jobs 200] [--workers 2] [--nodes 50]
+    .venv/bin/python -m benchmarks operator                      # 200 jobs: a burst, then 20/s
+    .venv/bin/python -m benchmarks.operator_scale --jobs 1000 --rate 0 [--profile]
+    .venv/bin/python -m benchmarks.operator_scale --rate 20 --operator-arg=--verbose
 
-Reports, per job, the time from its creation until all pods of its first stage exist
-(p50/p99) and until they all run, plus the operator's peak RSS. The named baseline,
-`direct-create`, is the same objects (the same builders) created straight from this
-process with the same parallelism: the apiserver + kwok floor the operator stands on.
-Everything runs on loopback (tests/controlplane); pods are kwok's fake pods.
+Each scenario (`--rate 0`: all jobs as one burst; `--rate R`: R jobs/s) runs twice on the
+real control plane (tests/controlplane, kwok pods, loopback only): first the baseline,
+`direct`, which creates each job's ConfigMap, Service and pods (the operator's own builders)
+straight from this process; then `operator`, which creates the LLMTrainingJobs at the
+same times and lets a fresh `llmtrain operator` create the rest. Both sides submit through
+the same pool of `--threads`. A job's clock starts when it was due to be submitted, so a
+side that cannot keep up pays for its queue. Reported per side: p50/p99 from submission to
+all of a job's pods existing (and Running), wall time from the first submission to the
+last pod, pods/s over that wall time; for the operator its RSS when idle and its VmHWM.
+The ratios (operator/direct, same run) are the last lines. Absolute numbers depend on
+whatever else the machine runs; the ratios are what to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,11 +41,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llmtrain.operator import api, layout, manifests  # noqa: E402
+from llmtrain.operator import api, layout, manifests, uninstall  # noqa: E402
 from tests.controlplane import cluster as cp  # noqa: E402
+
+GOALS = {"burst_wall": 1.1, "steady_p99": 1.5, "throughput": 0.9, "pods_per_s": 50, "rss": 100}
 
 
 def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
+    # No GPUs and a small CPU request: 1,000 jobs' pods fit on 60 kwok nodes (110 pods each).
     return {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND,
@@ -46,10 +62,11 @@ def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
                     "dataset": {"source": "/storage/d.jsonl", "format": "messages"},
                 }
             ],
+            "storage": {"objectStore": {"uri": "s3://bench/out"}},
             "resources": {
                 "workers": workers,
-                "gpusPerWorker": 1,
-                "cpu": "1",
+                "gpusPerWorker": 0,
+                "cpu": "100m",
                 "memory": "1Gi",
                 "shmSize": "1Gi",
             },
@@ -57,78 +74,40 @@ def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
     }
 
 
-class _Watch:
-    """A watch in a daemon thread that re-watches when the stream ends (server timeouts,
-    dropped streams) until stop(); subclasses give the stream and handle each object."""
+class PodWatch:
+    """First time each pod of `ns` was seen, and first time Running. Plain JSON, no client
+    models, so this process costs both sides little CPU; re-watches until stop()."""
 
-    stopped = False
-
-    def __init__(self) -> None:
+    def __init__(self, core: Any, ns: str) -> None:
         from kubernetes import watch
 
+        self.core, self.ns, self.stopped = core, ns, False
+        self.seen: dict[str, float] = {}
+        self.running: dict[str, float] = {}
         self._w = watch.Watch()
         threading.Thread(target=self._run, daemon=True).start()
-
-    def _stream(self) -> Any:
-        raise NotImplementedError
-
-    def _on(self, obj: Any, now: float) -> None:
-        raise NotImplementedError
 
     def _run(self) -> None:
         while not self.stopped:
             try:
-                for ev in self._stream():
-                    self._on(ev["object"], time.monotonic())
+                for ev in self._w.stream(
+                    self.core.list_namespaced_pod,
+                    self.ns,
+                    timeout_seconds=0,
+                    _request_timeout=None,
+                    deserialize=False,
+                ):
+                    now, pod = time.monotonic(), ev["object"]
+                    name = pod["metadata"]["name"]
+                    self.seen.setdefault(name, now)
+                    if (pod.get("status") or {}).get("phase") == "Running":
+                        self.running.setdefault(name, now)
             except Exception:
                 time.sleep(0.1)
 
     def stop(self) -> None:
         self.stopped = True
         self._w.stop()
-
-
-class PodWatch(_Watch):
-    """First time each pod was seen, and first time it was seen Running (one watch)."""
-
-    def __init__(self, core: Any, ns: str) -> None:
-        self.core, self.ns = core, ns
-        self.seen: dict[str, float] = {}
-        self.running: dict[str, float] = {}
-        super().__init__()
-
-    def _stream(self) -> Any:
-        return self._w.stream(
-            self.core.list_namespaced_pod, self.ns, timeout_seconds=0, _request_timeout=None
-        )
-
-    def _on(self, pod: Any, now: float) -> None:
-        self.seen.setdefault(pod.metadata.name, now)
-        if pod.status and pod.status.phase == "Running":
-            self.running.setdefault(pod.metadata.name, now)
-
-
-class JobWatch(_Watch):
-    """First time each job carried a status written by the operator."""
-
-    def __init__(self, custom: Any, ns: str) -> None:
-        self.custom, self.ns = custom, ns
-        self.status: dict[str, float] = {}
-        super().__init__()
-
-    def _stream(self) -> Any:
-        return self._w.stream(
-            self.custom.list_namespaced_custom_object,
-            api.GROUP,
-            api.VERSION,
-            self.ns,
-            api.PLURAL,
-            timeout_seconds=0,
-        )
-
-    def _on(self, obj: Any, now: float) -> None:
-        if (obj.get("status") or {}).get("currentStage"):
-            self.status.setdefault(obj["metadata"]["name"], now)
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
@@ -148,198 +127,348 @@ def per_job(created: dict[str, float], seen: dict[str, float], workers: int) -> 
     return out
 
 
-def wait(what: str, check: Any, timeout: float) -> bool:
+def wait(what: str, check: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(0.2)
+        time.sleep(0.1)
     print(f"  timed out waiting for {what}", file=sys.stderr)
     return False
 
 
-def run_operator_round(
+def submit(
+    n: int, rate: float, threads: int, create: Callable[[str], None]
+) -> tuple[float, dict[str, float], float]:
+    """Create jobs 0..n-1 through a pool: all at once (rate 0) or `rate` per second.
+    Returns the start, each job's due time, and how long until the last create returned."""
+    start = time.monotonic()
+    due = {f"job-{i:04d}": start + (i / rate if rate else 0.0) for i in range(n)}
+    with ThreadPoolExecutor(threads) as pool:
+        futures = []
+        for name, t in due.items():
+            delay = t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(create, name))
+        for f in futures:
+            f.result()
+    return start, due, time.monotonic() - start
+
+
+def summary(
+    start: float, due: dict[str, float], submitted: float, pods: PodWatch, workers: int
+) -> dict[str, Any]:
+    seen = list(pods.seen.values())
+    wall = max(seen) - start if seen else float("nan")
+    return {
+        "submit_seconds": round(submitted, 2),
+        "pods_exist": percentiles(per_job(due, pods.seen, workers)),
+        "pods_running": percentiles(per_job(due, pods.running, workers)),
+        "jobs_complete": len(per_job(due, pods.seen, workers)),
+        "wall_to_last_pod_seconds": round(wall, 2),
+        "pods_per_second": round(len(seen) / wall, 1) if seen else 0.0,
+    }
+
+
+def run_direct(c: Any, core: Any, ns: str, n: int, workers: int, rate: float, threads: int) -> Any:
+    """The same ConfigMap, Service and pods per job, created straight from here."""
+    c.create_namespace(ns)
+    pods = PodWatch(core, ns)
+    fns = {
+        "ConfigMap": core.create_namespaced_config_map,
+        "Service": core.create_namespaced_service,
+        "Pod": core.create_namespaced_pod,
+    }
+
+    def create(name: str) -> None:
+        job = api.parse_job(job_body(name, ns, workers))
+        for obj in manifests.build_stage_objects(job, "sft", 1):
+            # Not ours to reconcile: an operator must not take these pods for its own.
+            labels = obj["metadata"]["labels"]
+            labels["bench.llmtrain.io/job"] = labels.pop(layout.LABEL_JOB)
+            fns[obj["kind"]](ns, obj, _preload_content=False)
+
+    start, due, submitted = submit(n, rate, threads, create)
+    wait("all direct pods", lambda: len(pods.seen) >= n * workers, 600)
+    wait("all direct pods running", lambda: len(pods.running) >= n * workers, 300)
+    pods.stop()
+    return summary(start, due, submitted, pods, workers)
+
+
+def start_operator(
+    c: Any, workdir: Path, ns: str, extra: list[str], traced: bool
+) -> subprocess.Popen[bytes]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env.update(KUBECONFIG=str(c.kubeconfig), NO_PROXY="*", no_proxy="*")
+    argv = [str(Path(sys.executable).parent / "llmtrain"), "operator", "--namespace", ns]
+    if traced:  # the same, under tracemalloc (benchmarks/traced.py)
+        prefix = str(workdir / f"tracemalloc-{ns}")
+        argv = [sys.executable, "-m", "benchmarks.traced", prefix, *argv[1:]]
+    argv += ["--standalone", "--metrics-bind", "", "--health-bind", f"127.0.0.1:{port}", *extra]
+    log = (workdir / f"operator-{ns}.log").open("wb")
+    op = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait("operator healthy", healthy, 60)
+    time.sleep(1)  # its first (empty) listings
+    return op
+
+
+def run_operator(
     c: Any,
     core: Any,
     custom: Any,
+    ns: str,
     n: int,
     workers: int,
+    rate: float,
     threads: int,
     workdir: Path,
     extra: list[str],
+    profile: bool,
+    traced: bool,
 ) -> dict[str, Any]:
-    ns = "bench-operator"
     c.create_namespace(ns)
-    log = (workdir / "operator.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    env.update(KUBECONFIG=str(c.kubeconfig), NO_PROXY="*", no_proxy="*")
-    op = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "llmtrain"),
-            "operator",
-            "--all-namespaces",
-            "--standalone",
-            "--metrics-bind",
-            "",
-            "--health-bind",
-            "127.0.0.1:0",
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    time.sleep(4)  # startup: imports, CRD scan, first (empty) listings
-    rss0 = _rss(op.pid)
-    pods = PodWatch(core, ns)
-    jobs = JobWatch(custom, ns)
-    created: dict[str, float] = {}
+    op = start_operator(c, workdir, ns, extra, traced)
+    spy = None
+    try:
+        rss0, cpu0 = _status_mib(op.pid, "VmRSS"), _cpu_seconds(op.pid)
+        spy = _py_spy(op.pid, workdir / f"profile-{ns}.txt") if profile else None
+        pods = PodWatch(core, ns)
+        if traced:
+            op.send_signal(signal.SIGUSR1)  # snapshot 1: idle
 
-    def create(i: int) -> None:
-        name = f"job-{i:04d}"
-        t0 = time.monotonic()
-        custom.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, ns, api.PLURAL, job_body(name, ns, workers)
-        )
-        created[name] = t0
-
-    start = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(create, range(n)))
-    submitted = time.monotonic() - start
-    wait("all operator pods", lambda: len(pods.seen) >= n * workers, 300)
-    wait("all operator pods running", lambda: len(pods.running) >= n * workers, 300)
-    time.sleep(5)  # a resync or two at steady state, for the RSS peak
-    peak = _peak_rss(op.pid)
-    pods.stop()
-    jobs.stop()
-    os.killpg(op.pid, signal.SIGTERM)
-    op.wait(30)
-    return {
-        "submit_seconds": round(submitted, 2),
-        "first_status_write": percentiles(
-            [jobs.status[j] - t for j, t in created.items() if j in jobs.status]
-        ),
-        "pods_exist": percentiles(per_job(created, pods.seen, workers)),
-        "pods_running": percentiles(per_job(created, pods.running, workers)),
-        "jobs_complete": len(per_job(created, pods.seen, workers)),
-        "operator_rss_start_mib": rss0,
-        "operator_peak_rss_mib": peak,
-    }
-
-
-def run_baseline_round(c: Any, core: Any, n: int, workers: int, threads: int) -> dict[str, Any]:
-    """The same ConfigMap, Service and pods per job, created directly (no operator)."""
-    ns = "bench-direct"
-    c.create_namespace(ns)
-    pods = PodWatch(core, ns)
-    created: dict[str, float] = {}
-
-    def create(i: int) -> None:
-        name = f"job-{i:04d}"
-        job = api.parse_job(job_body(name, ns, workers))
-        t0 = time.monotonic()
-        created[name] = t0
-        for obj in manifests.build_stage_objects(job, "sft", 1):
-            kind = obj["kind"]
-            # Not ours to reconcile: the operator round must not see these pods.
-            obj["metadata"]["labels"]["bench.llmtrain.io/job"] = obj["metadata"]["labels"].pop(
-                layout.LABEL_JOB
+        def create(name: str) -> None:
+            body = job_body(name, ns, workers)
+            custom.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, ns, api.PLURAL, body, _preload_content=False
             )
-            fn = {
-                "ConfigMap": core.create_namespaced_config_map,
-                "Service": core.create_namespaced_service,
-                "Pod": core.create_namespaced_pod,
-            }[kind]
-            fn(ns, obj, _preload_content=False)
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(create, range(n)))
-    wait("all direct pods", lambda: len(pods.seen) >= n * workers, 300)
-    wait("all direct pods running", lambda: len(pods.running) >= n * workers, 300)
-    pods.stop()
-    # Free the fake GPUs for the operator round.
-    c.kubectl("delete", "namespace", ns, "--wait=true", timeout=300)
-    return {
-        "pods_exist": percentiles(per_job(created, pods.seen, workers)),
-        "pods_running": percentiles(per_job(created, pods.running, workers)),
-    }
+        start, due, submitted = submit(n, rate, threads, create)
+        wait("all operator pods", lambda: len(pods.seen) >= n * workers, 600)
+        wait("all operator pods running", lambda: len(pods.running) >= n * workers, 300)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        time.sleep(3)  # a resync at steady state, for the peak
+        if traced:
+            op.send_signal(signal.SIGUSR1)  # snapshot 2: all jobs running
+            time.sleep(10)
+        out = summary(start, due, submitted, pods, workers)
+        out["operator_rss_idle_mib"] = rss0
+        out["operator_vmhwm_mib"] = _status_mib(op.pid, "VmHWM")
+        out["operator_cpu_seconds"] = round(_cpu_seconds(op.pid) - cpu0, 1)
+        pods.stop()
+    finally:
+        for p in (spy, op):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
+    # Without the operator its finalizers stay: release them (as `llmtrain uninstall` does).
+    uninstall.remove_finalizers(custom, [ns])
+    c.kubectl("delete", "namespace", ns, "--wait=true", timeout=600, check=False)
+    for snap in sorted(workdir.glob(f"tracemalloc-{ns}.*.txt")):
+        print(f"{snap}:\n{snap.read_text()}", file=sys.stderr)
+    if spy is not None:
+        out["profile"] = str(workdir / f"profile-{ns}.top.txt")
+        print(top_frames(workdir / f"profile-{ns}.txt"), file=sys.stderr)
+    return out
 
 
-def _rss(pid: int) -> float:
-    return _status_kib(pid, "VmRSS") / 1024
+def _py_spy(pid: int, raw: Path) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        print("  py-spy not installed (pip install -e .[test]); no profile", file=sys.stderr)
+        return None
+    argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "200"]
+    argv += ["--nonblocking", "--output", str(raw)]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return spy
 
 
-def _peak_rss(pid: int) -> float:
-    return _status_kib(pid, "VmHWM") / 1024
+def top_frames(raw: Path, k: int = 15) -> str:
+    """The profile's top frames by own samples and by inclusive samples, as text."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue  # a frame name can hold newlines (py-spy prints it as it is)
+        frames, n = stack.split(";"), int(count)
+        total += n
+        own[_short(frames[-1])] += n
+        for f in {_short(f) for f in frames} - _PLUMBING:
+            incl[f] += n
+    lines = [f"profile {raw}: {total} samples"]
+    for title, counter in (("own", own), ("inclusive", incl)):
+        lines.append(f"  top {k} by {title} samples:")
+        for f, n in counter.most_common(k):
+            lines.append(f"    {100 * n / max(total, 1):5.1f}%  {f}")
+    text = "\n".join(lines)
+    raw.with_suffix(".top.txt").write_text(text + "\n")
+    return text
 
 
-def _status_kib(pid: int, field: str) -> float:
+# Frames on nearly every stack (the event loop, threads, the CLI): they say nothing.
+_PLUMBING = {
+    "_bootstrap (threading.py)",
+    "_bootstrap_inner (threading.py)",
+    "run (threading.py)",
+    "_worker (concurrent/futures/thread.py)",
+    "run (asyncio/runners.py)",
+    "run_until_complete (asyncio/base_events.py)",
+    "run_forever (asyncio/base_events.py)",
+    "_run_once (asyncio/base_events.py)",
+    "_run (asyncio/events.py)",
+    "<module> (llmtrain)",
+    "main (cli/main.py)",
+    "operator (cli/main.py)",
+    "run (operator/main.py)",
+    "run (main.py)",
+} | {
+    f"{fn} (typer/{m})"
+    for fn in ("__call__", "main", "_main", "invoke", "wrapper")
+    for m in ("main.py", "core.py", "_click/core.py")
+}
+
+
+def _short(frame: str) -> str:
+    """`fn (/long/path/site-packages/pkg/mod.py:12)` -> `fn (pkg/mod.py)`."""
+    fn, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3.", str(REPO) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{fn} ({path})"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
-            return round(float(line.split()[1]), 1)
+            return round(float(line.split()[1]) / 1024, 1)
     return float("nan")
 
 
+def ratios(scenarios: dict[str, dict[str, Any]], jobs: int) -> list[str]:
+    """Operator/direct in the same run, against the goals of issue #18."""
+    out = []
+    for label, s in scenarios.items():
+        d, o = s.get("direct"), s["operator"]
+        if d:
+            wall = o["wall_to_last_pod_seconds"] / d["wall_to_last_pod_seconds"]
+            p99 = o["pods_exist"]["p99"] / d["pods_exist"]["p99"]
+            thr = o["pods_per_second"] / d["pods_per_second"]
+            out.append(
+                f"ratio {label} ({jobs} jobs): wall to last pod {wall:.2f}x"
+                + (f" (goal <= {GOALS['burst_wall']})" if label == "burst" else "")
+                + f", p99 submit->all pods {p99:.2f}x"
+                + (f" (goal <= {GOALS['steady_p99']})" if label != "burst" else "")
+                + f", pods/s {thr:.2f}x"
+                + (f" (goal >= {GOALS['throughput']})" if label == "burst" else "")
+            )
+        out.append(
+            f"operator {label}: {o['pods_per_second']} pods/s (direct "
+            f"{d['pods_per_second'] if d else '-'}), VmHWM {o['operator_vmhwm_mib']} MiB "
+            f"(idle {o['operator_rss_idle_mib']} MiB; goal <= {GOALS['rss']} MB at 1,000 jobs), "
+            f"CPU {o['operator_cpu_seconds']} s"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2, help="pods per job")
-    ap.add_argument("--nodes", type=int, default=60, help="kwok nodes (8 GPUs each)")
-    ap.add_argument("--threads", type=int, default=16, help="parallel creates, both rounds")
+    ap.add_argument("--nodes", type=int, default=60, help="kwok nodes (110 pods each)")
+    ap.add_argument("--threads", type=int, default=16, help="parallel creates, both sides")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="jobs per second; 0: one burst (repeatable; default: 0 and 20)",
+    )
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="py-spy the operator (top frames)")
+    ap.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run the operator under tracemalloc: where its memory is, idle and at the end",
+    )
     ap.add_argument(
         "--operator-arg",
         action="append",
         default=[],
-        help="extra `llmtrain operator` argument (repeatable), e.g. --verbose",
+        help="extra `llmtrain operator` argument (repeatable), e.g. --operator-arg=--verbose",
     )
     args = ap.parse_args(argv)
+    rates = args.rate if args.rate is not None else [0.0, 20.0]
 
     workdir = Path(tempfile.mkdtemp(prefix="llmtrain-bench-"))
-    print(
-        f"building/starting control plane ({args.nodes} kwok nodes) in {workdir} ...",
-        file=sys.stderr,
-    )
+    print(f"control plane ({args.nodes} kwok nodes) in {workdir} ...", file=sys.stderr)
+    scenarios: dict[str, dict[str, Any]] = {}
     with cp.Cluster(cp.build(), workdir, nodes=args.nodes) as c:
         c.kubectl("apply", "--server-side", "-f", str(REPO / "crds" / "llmtrainingjobs.yaml"))
-        wait(
-            "CRD established",
-            lambda: (
-                "True"
-                in c.kubectl(
-                    "get",
-                    "crd",
-                    "llmtrainingjobs.llmtrain.io",
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type=='Established')].status}",
-                    check=False,
-                )
-            ),
-            60,
-        )
-        client = c.api_client()
+        crd = "crd/llmtrainingjobs.llmtrain.io"
+        cond = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+        wait("CRD", lambda: "True" in c.kubectl("get", crd, "-o", cond, check=False), 60)
         from kubernetes import client as k
 
+        client = c.api_client()
+        client.configuration.connection_pool_maxsize = args.threads + 4
         core, custom = k.CoreV1Api(client), k.CustomObjectsApi(client)
-        baseline: dict[str, Any] = {}
-        if not args.skip_baseline:
-            print("baseline: direct-create ...", file=sys.stderr)
-            baseline = run_baseline_round(c, core, args.jobs, args.workers, args.threads)
-        print("operator ...", file=sys.stderr)
-        operator = run_operator_round(
-            c, core, custom, args.jobs, args.workers, args.threads, workdir, args.operator_arg
-        )
+        for rate in rates:
+            label = "burst" if rate == 0 else f"{rate:g}/s"
+            tag = "burst" if rate == 0 else f"rate{rate:g}".replace(".", "-")
+            s: dict[str, Any] = {}
+            if not args.skip_baseline:
+                print(f"{label}: direct ...", file=sys.stderr)
+                ns = f"direct-{tag}"
+                s["direct"] = run_direct(c, core, ns, args.jobs, args.workers, rate, args.threads)
+                c.kubectl("delete", "namespace", ns, "--wait=true", timeout=600, check=False)
+            print(f"{label}: operator ...", file=sys.stderr)
+            s["operator"] = run_operator(
+                c,
+                core,
+                custom,
+                f"operator-{tag}",
+                args.jobs,
+                args.workers,
+                rate,
+                args.threads,
+                workdir,
+                args.operator_arg,
+                args.profile,
+                args.tracemalloc,
+            )
+            scenarios[label] = s
     report = {
         "jobs": args.jobs,
         "pods_per_job": args.workers,
         "kwok_nodes": args.nodes,
+        "threads": args.threads,
         "cpus": os.cpu_count(),
-        "baseline_direct_create": baseline,
-        "operator": operator,
+        "scenarios": scenarios,
     }
     print(json.dumps(report, indent=2))
+    print("\n".join(ratios(scenarios, args.jobs)))
     return 0
 
 

@@ -15,24 +15,24 @@ Three triggers feed one reconcile pass per job:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from llmtrain.operator import api, layout, progress
+from llmtrain.operator import api, kube, layout, progress
 from llmtrain.operator.reconcile import Context, Key, Options, reconcile
 
 FINALIZER = "llmtrain.io/operator"  # kopf timers need one, to stop cleanly on deletion
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 
 
-def index_pods(
+async def index_pods(
     namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, progress.PodView]:
-    """job_pods[(namespace, job)] -> the job's pods, as the state machine sees them."""
+    """job_pods[(namespace, job)] -> the job's pods, as the state machine sees them.
+    A coroutine only because kopf runs plain functions on a thread pool, per event."""
     view = progress.PodView.from_pod(body)
     return {(namespace, labels[layout.LABEL_JOB]): view} if view else {}
 
@@ -51,7 +51,7 @@ async def on_job_event(
         ctx.metrics.job_phase(namespace, name, None)
         ctx.caches.pop((namespace, name), None)
         return
-    if ctx.cache((namespace, name)).seen(copy.deepcopy(dict(body))):
+    if ctx.cache((namespace, name)).seen(kube.slim(body)):
         await reconcile(ctx, namespace, name, job_pods, scrape=False)
 
 

@@ -1,34 +1,59 @@
-"""The few API calls the operator makes, as coroutines over the kubernetes client.
+"""The few API calls the operator makes, over kopf's own logged-in session.
 
-    kube = Kube()                                   # in-cluster, else $KUBECONFIG
+    kube = Kube(settings)                           # main.run(); used inside kopf's handlers
     body = await kube.get_job("ns", "name")         # None when it is gone
     created = await kube.create(manifest)           # False when it already existed (409)
 
-The client is synchronous, so calls run on a small thread pool; responses are decoded
-from JSON without building client models (cheaper with hundreds of jobs).
+One client, kopf's: the official client's API classes load every model (about 80 MiB of
+RSS with kubernetes 37) and are synchronous (a thread per call), while kopf already holds
+an aiohttp session with the operator's credentials and logs in again on a 401. Its
+request function is kopf-internal (`kopf._cogs`; kopf is pinned in constraints.txt), so
+it is used here only. Refusals are raised as the official client's ApiException (cheap to
+import), the one error type the rest of the operator handles. Bodies are plain dicts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
-from kubernetes import client, config
+import aiohttp
+import kopf
+from kopf._cogs.clients import api as kopf_api
+from kopf._cogs.clients import errors as kopf_errors
 from kubernetes.client.exceptions import ApiException
 
 from llmtrain.operator import api
 
+if TYPE_CHECKING:
+    from kubernetes import client
+
 Body = dict[str, Any]
 REQUEST_TIMEOUT = 30.0  # seconds; a hung call must not hold a job's pass forever
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+# Where each child kind lives: (API prefix, plural).
+KINDS = {
+    "Pod": ("api/v1", "pods"),
+    "ConfigMap": ("api/v1", "configmaps"),
+    "Service": ("api/v1", "services"),
+    "NetworkPolicy": ("apis/networking.k8s.io/v1", "networkpolicies"),
+}
+JOBS = f"apis/{api.GROUP}/{api.VERSION}"
+log = logging.getLogger(__name__)
 
 
 def api_client(pool: int = 16) -> client.ApiClient:
-    """In-cluster credentials when running in a pod (and no KUBECONFIG), else a kubeconfig."""
+    """The official client (for the CLI): in-cluster credentials when running in a pod (and
+    no KUBECONFIG), else a kubeconfig."""
+    import os
+
+    from kubernetes import client, config
+
     cfg = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
@@ -38,42 +63,49 @@ def api_client(pool: int = 16) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
+def path(prefix: str, plural: str, namespace: str | None, name: str = "", sub: str = "") -> str:
+    """`api/v1/namespaces/ns/pods/name`, the parts that are given."""
+    parts = [prefix, *(("namespaces", namespace) if namespace else ()), plural, name, sub]
+    return "/".join(p for p in parts if p)
+
+
 class Kube:
-    def __init__(self, api_client_: client.ApiClient | None = None, workers: int = 16) -> None:
-        self.client = api_client_ or api_client(workers)
-        self.core = client.CoreV1Api(self.client)
-        self.networking = client.NetworkingV1Api(self.client)
-        self.custom = client.CustomObjectsApi(self.client)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="kube")
+    def __init__(self, settings: kopf.OperatorSettings, concurrency: int = 32) -> None:
+        self.settings = settings
+        # Bounds our requests in flight (kopf's session does not): a burst of jobs queues
+        # here rather than as hundreds of connections at the apiserver.
+        self._limit = asyncio.Semaphore(concurrency)
+        self._timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()  # type: ignore[no-untyped-call]
-
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        call = functools.partial(
-            fn, *args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs
-        )
-        rsp = await loop.run_in_executor(self._pool, call)
-        data = rsp.data
-        return json.loads(data) if data else None
+    async def _call(
+        self, method: str, url: str, payload: Body | None = None, merge: bool = False
+    ) -> Any:
+        async with self._limit:
+            try:
+                # backoffs=(): no retries here; kopf would retry a 403, which is a refusal.
+                rsp = await kopf_api.request(
+                    method,
+                    url,
+                    payload=payload,
+                    headers=MERGE_PATCH if merge else None,
+                    timeout=self._timeout,
+                    backoffs=(),
+                    settings=self.settings,
+                    logger=log,
+                )
+            except kopf_errors.APIError as e:
+                raise api_exception(e) from e
+            async with rsp:
+                return await rsp.json()
 
     async def get_job(self, namespace: str, name: str) -> Body | None:
         try:
-            body: Body = await self._call(
-                self.custom.get_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-            )
+            body: Body = await self._call("get", path(JOBS, api.PLURAL, namespace, name))
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return body
+        return slim(body)
 
     async def patch_job_status(
         self, namespace: str, name: str, status: Body, resource_version: str | None
@@ -83,33 +115,19 @@ class Kube:
         patch: Body = {"status": status}
         if resource_version:
             patch["metadata"] = {"resourceVersion": resource_version}
+        url = path(JOBS, api.PLURAL, namespace, name, "status")
         try:
-            body: Body = await self._call(
-                self.custom.patch_namespaced_custom_object_status,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-                patch,
-            )
+            body: Body = await self._call("patch", url, patch, merge=True)
         except ApiException as e:
             if e.status in (404, 409):
                 return None
             raise
-        return body
+        return slim(body)
 
     async def delete_job(self, namespace: str, name: str) -> None:
+        url = path(JOBS, api.PLURAL, namespace, name)
         try:
-            await self._call(
-                self.custom.delete_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-                propagation_policy="Background",
-            )
+            await self._call("delete", url, {"propagationPolicy": "Background"})
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -117,16 +135,11 @@ class Kube:
     async def create_custom(
         self, group: str, version: str, plural: str, body: Body, namespace: str | None = None
     ) -> None:
-        if namespace is None:
-            await self._call(self.custom.create_cluster_custom_object, group, version, plural, body)
-        else:
-            await self._call(
-                self.custom.create_namespaced_custom_object, group, version, namespace, plural, body
-            )
+        await self._call("post", path(f"apis/{group}/{version}", plural, namespace), body)
 
     async def get_pod(self, namespace: str, name: str) -> Body | None:
         try:
-            body: Body = await self._call(self.core.read_namespaced_pod, name, namespace)
+            body: Body = await self._call("get", path("api/v1", "pods", namespace, name))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -134,21 +147,17 @@ class Kube:
         return body
 
     async def list_pods(self, namespace: str, selector: str) -> list[Body]:
-        body = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        body = await self._call("get", path("api/v1", "pods", namespace) + "?" + query)
         items: list[Body] = body["items"]
         return items
 
     async def create(self, obj: Body) -> bool:
         """Create a child object; False when it already exists, or never will because its
         namespace is being deleted (the job goes with it: nothing to create or report)."""
-        creators: dict[str, Callable[..., Any]] = {
-            "Pod": self.core.create_namespaced_pod,
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "NetworkPolicy": self.networking.create_namespaced_network_policy,
-        }
+        prefix, plural = KINDS[obj["kind"]]
         try:
-            await self._call(creators[obj["kind"]], obj["metadata"]["namespace"], obj)
+            await self._call("post", path(prefix, plural, obj["metadata"]["namespace"]), obj)
         except ApiException as e:
             if e.status == 409 or namespace_terminating(e):
                 return False
@@ -157,17 +166,31 @@ class Kube:
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete a child object with its default grace period; gone already is fine."""
-        deleters: dict[str, Callable[..., Any]] = {
-            "Pod": self.core.delete_namespaced_pod,
-            "ConfigMap": self.core.delete_namespaced_config_map,
-            "Service": self.core.delete_namespaced_service,
-            "NetworkPolicy": self.networking.delete_namespaced_network_policy,
-        }
+        prefix, plural = KINDS[kind]
         try:
-            await self._call(deleters[kind], name, namespace)
+            await self._call("delete", path(prefix, plural, namespace, name))
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+def slim(body: Mapping[str, Any]) -> Body:
+    """The job as the operator keeps it: without metadata.managedFields (the bulk of a
+    small object, read by nobody here). Shallow: nothing in the operator edits a body."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+def api_exception(e: kopf_errors.APIError) -> ApiException:
+    """kopf's error as the official client's: status, reason and the Status body."""
+    payload = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], dict) else None
+    try:
+        phrase = HTTPStatus(e.status).phrase
+    except ValueError:
+        phrase = ""
+    reason = (payload or {}).get("reason") or phrase
+    body = json.dumps(payload) if payload is not None else (str(e.args[0]) if e.args else "")
+    return ApiException(status=e.status, reason=reason, body=body)
 
 
 def namespace_terminating(e: ApiException) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -30,6 +30,7 @@ def settings(
     # Post only our own Events (kopf.event), not kopf's per-handler chatter.
     s.posting.level = logging.WARNING
     s.persistence.finalizer = handlers.FINALIZER
+    s.persistence.diffbase_storage = NoDiffBase()
     # Watch only our pods: the apiserver filters, so other workloads cost us nothing.
     s.watching.label_selectors["v1", "pods"] = layout.LABEL_JOB
     s.peering.standalone = peering is None
@@ -39,6 +40,21 @@ def settings(
     s.peering.priority = priority if priority is not None else random.randint(1, 2**31)
     s.peering.lifetime = lifetime
     return s
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: our handlers are all level-based (on.event, a timer, an index), none
+    of kopf's change-detecting ones (on.create/update/field) that read it. kopf still
+    builds one for every event it sees, pods included: a deep copy of the whole body."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return cast(kopf.BodyEssence, {})
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
 
 
 class PauseWatch(logging.Handler):
@@ -75,8 +91,6 @@ def run(
     metrics = OperatorMetrics()
     if metrics_bind is not None:
         metrics.serve(*metrics_bind)
-    kube = Kube()
-    ctx = Context(options=options, kube=kube, metrics=metrics)
 
     def paused() -> None:
         log.info("standby: another replica is active; forgetting per-job state and metrics")
@@ -91,19 +105,17 @@ def run(
     s = settings(
         peering=peering, clusterwide=clusterwide, priority=priority, lifetime=peering_lifetime
     )
-    try:
-        asyncio.run(
-            kopf.operator(
-                registry=registry,
-                settings=s,
-                clusterwide=clusterwide,
-                namespaces=options.namespaces,
-                standalone=peering is None,
-                peering_name=peering,
-                priority=s.peering.priority,
-                liveness_endpoint=liveness,
-                memo=kopf.Memo(ctx=ctx),
-            )
+    ctx = Context(options=options, kube=Kube(s), metrics=metrics)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            settings=s,
+            clusterwide=clusterwide,
+            namespaces=options.namespaces,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=s.peering.priority,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(ctx=ctx),
         )
-    finally:
-        kube.close()
+    )
