@@ -26,6 +26,7 @@ from llmtrain.trainer.config import (
     DistributedSpec,
     Model,
     ModelSpec,
+    ProbeSpec,
     SecretKeyRef,
     StageSpec,
     StageType,
@@ -219,6 +220,12 @@ class LLMTrainingJobSpec(Model):
         False, description="Remove the pods (after a checkpoint) and create none (Kueue)."
     )
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Metrics.")
+    probes: ProbeSpec | None = Field(
+        None,
+        description="Generation probes run after every stage: how the answers change from "
+        "stage to stage (probes.json in each stage directory, the run report).",
+    )
+
 
 
 class Phase(StrEnum):
@@ -239,6 +246,40 @@ class Condition(Model):
     last_transition_time: str | None = Field(None, description="When status last changed.")
 
 
+class GateStatus(Model):
+    metric: str = Field(description="The stage's result metric.")
+    min: float | None = Field(None, description="Lower bound.")
+    max: float | None = Field(None, description="Upper bound.")
+    value: float | None = Field(None, description="The value the stage reported.")
+    passed: bool = Field(description="Whether the value is within the bounds.")
+    message: str = Field(
+        "", description="The verdict, e.g. `evalLoss = 1.7, outside gate max 1.2`."
+    )
+
+
+class StagePreflight(Model):
+    stage: str = Field(description="Stage name.")
+    kept: int | None = Field(None, description="Training examples kept.")
+    dropped: int | None = Field(None, description="Examples dropped (empty, duplicate, too long).")
+    truncated: int | None = Field(None, description="Examples cut at maxSeqLength.")
+    tokens_p50: int | None = Field(None, description="Median tokens per example.")
+    tokens_p90: int | None = Field(None, description="90th percentile of tokens per example.")
+    tokens_p99: int | None = Field(None, description="99th percentile of tokens per example.")
+    tokens_max: int | None = Field(None, description="Longest example in tokens.")
+    memory_bytes: int | None = Field(None, description="Estimated memory per GPU.")
+
+
+class InitializerStatus(Model):
+    phase: Phase = Field(Phase.Pending, description="Pending, Running, Succeeded or Failed.")
+    attempt: int = Field(0, ge=0, description="Current attempt, starting at 1.")
+    restarts: int = Field(0, ge=0, description="Attempts that failed and were retried.")
+    message: str | None = Field(None, description="Why it is in its phase.")
+    retry_after: str | None = Field(None, description="While Restarting: when it runs again.")
+    preflight: list[StagePreflight] = Field(
+        default_factory=list, description="The preflight's figures per stage."
+    )
+
+
 class StageStatus(Model):
     name: str = Field(description="Stage name.")
     phase: Phase = Field(Phase.Pending, description="Phase of this stage.")
@@ -257,6 +298,10 @@ class StageStatus(Model):
     retry_after: str | None = Field(
         None, description="While Restarting: when the next attempt starts (retry backoff)."
     )
+    gates: list[GateStatus] = Field(
+        default_factory=list, description="The stage's gates, decided when it succeeded."
+    )
+
 
 
 class LLMTrainingJobStatus(Model):
@@ -274,6 +319,13 @@ class LLMTrainingJobStatus(Model):
     observed_generation: int | None = Field(None, description="Spec generation last acted on.")
     start_time: str | None = Field(None, description="When the job started running.")
     completion_time: str | None = Field(None, description="When the job finished.")
+    failed_gate: str | None = Field(
+        None, description="The gate that stopped the job: `stage: metric = value, outside ...`."
+    )
+    initializer: InitializerStatus | None = Field(
+        None, description="The initializer: inputs fetched, the preflight's figures."
+    )
+
 
 
 class ObjectMeta(Model):

@@ -142,6 +142,7 @@ def crd() -> JSON:
                         _col("Progress", "string", ".status.progress"),
                         _col("Loss", "number", ".status.loss"),
                         _col("Restarts", "integer", ".status.restarts"),
+                        _col("Gate", "string", ".status.failedGate"),
                         _col("Age", "date", ".metadata.creationTimestamp"),
                         _col("Reason", "string", ".status.reason", priority=1),
                     ],

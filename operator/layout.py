@@ -161,6 +161,7 @@ def stage_configs(
         distributed=spec.distributed,
         checkpointing=spec.checkpointing,
         metrics_port=metrics_port(job, defaults),
+        probes=spec.probes,
     )
 
 

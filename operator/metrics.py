@@ -78,11 +78,46 @@ class _Jobs(Collector):
         yield current
 
 
+class _Gates(Collector):
+    """llmtrain_gate_passed{namespace, job, stage, metric}: 1 or 0 for each gate decided,
+    from the jobs' status (stages[].gates), so a restarted operator exports them again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._gates: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
+
+    def set(self, namespace: str, job: str, gates: list[tuple[str, str, bool]] | None) -> None:
+        with self._lock:
+            if gates:
+                self._gates[(namespace, job)] = gates
+            else:
+                self._gates.pop((namespace, job), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._gates.clear()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            items = sorted(self._gates.items())
+        family = GaugeMetricFamily(
+            "llmtrain_gate_passed",
+            "1 when a stage's gate on a result metric passed, 0 when it failed the job.",
+            labels=["namespace", "job", "stage", "metric"],
+        )
+        for (ns, job), gates in items:
+            for stage, metric, passed in gates:
+                family.add_metric([ns, job, stage, metric], 1.0 if passed else 0.0)
+        yield family
+
+
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._jobs = _Jobs()
         self.registry.register(self._jobs)
+        self._gates = _Gates()
+        self.registry.register(self._gates)
         # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux /proc).
         ProcessCollector(registry=self.registry)
         self.stage_duration = Histogram(
@@ -118,11 +153,13 @@ class OperatorMetrics:
         """Record a job's phase; None forgets a deleted job, with its restart counts."""
         self._jobs.set(namespace, job, phase)
         if phase is None:
+            self._gates.set(namespace, job, None)
             self._forget_restarts(namespace, job)
 
     def forget_jobs(self) -> None:
         """Drop every per-job series: a standby replica exports none."""
         self._jobs.clear()
+        self._gates.clear()
         self.stage_restarts.clear()
 
     def _forget_restarts(self, namespace: str, job: str) -> None:
@@ -132,6 +169,10 @@ class OperatorMetrics:
                 ours = s.labels["namespace"] == namespace and s.labels["job"] == job
                 if ours and s.name.endswith("_total"):
                     self.stage_restarts.remove(namespace, job, s.labels["reason"])
+
+    def gates(self, namespace: str, job: str, gates: list[tuple[str, str, bool]]) -> None:
+        """Record the gates decided so far: (stage, metric, passed) each."""
+        self._gates.set(namespace, job, gates)
 
     def serve(self, address: str, port: int) -> None:
         start_http_server(port, addr=address, registry=self.registry)

@@ -13,6 +13,7 @@ machine, not this module, decides what a silent driver means (ProgressUnknown, n
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ class PodView:
     ip: str | None = None
     owner_uid: str | None = None  # the controlling ownerReference's uid
     finished_at: str | None = None  # when the trainer container terminated
+    message: str | None = None  # its termination message: the stage's result metrics
     # Why a Pending pod does not start: (reason, message) from the scheduler or the kubelet.
     waiting: tuple[str, str] | None = None
 
@@ -62,12 +64,14 @@ class PodView:
             return None
         status = pod.get("status") or {}
         exit_code, reason, finished_at = None, status.get("reason"), None
+        message = None
         for cs in status.get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated")
             if cs.get("name") == CONTAINER and term:
                 exit_code = term.get("exitCode")
                 reason = reason or term.get("reason")
                 finished_at = term.get("finishedAt")
+                message = term.get("message")
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         disruption = conditions.get("DisruptionTarget") or {}
         owner = next(
@@ -87,6 +91,7 @@ class PodView:
             ip=status.get("podIP"),
             owner_uid=owner,
             finished_at=finished_at,
+            message=message,
             waiting=_waiting(status, conditions.get("PodScheduled") or {}),
         )
 
@@ -110,6 +115,20 @@ def _waiting(status: Mapping[str, Any], scheduled: Mapping[str, Any]) -> tuple[s
         if waiting.get("reason") and waiting["reason"] not in _STARTING:
             return str(waiting["reason"]), f"{cs.get('name')}: {waiting.get('message') or ''}"
     return None
+
+
+def result_metrics(message: str | None) -> dict[str, float]:
+    """The metrics a driver left in its termination message (`{"metrics": {...}}`, written
+    by the trainer's entry point on success); {} when there are none or they are unreadable."""
+    try:
+        metrics = json.loads(message or "{}").get("metrics") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _num(x: float) -> float:

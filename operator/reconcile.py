@@ -166,6 +166,8 @@ async def _reconcile(
             kopf.event(_kbody(body), type=ev.type, reason=ev.reason, message=ev.message)
         _observe(ctx.metrics, namespace, name, d)
     ctx.metrics.job_phase(namespace, name, d.status.phase)
+    decided = [(s.name, g.metric, g.passed) for s in d.status.stages for g in s.gates]
+    ctx.metrics.gates(namespace, name, decided)
     known = cache.body  # the job as it is with d.status
     refused = await _apply(ctx, cache, job, d, pods)
     if refused and d.ensure is not None and known is not None and cache.body is known:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from llmtrain.operator import api, layout, progress
 from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, StageStatus
 from llmtrain.operator.progress import PodView
+from llmtrain.trainer.config import check_gates
 from llmtrain.trainer.contract import checkpoint_dir, retryable
 
 # Condition types (metav1.Condition.type).
@@ -62,6 +63,7 @@ REASON_DEADLINE = "DeadlineExceeded"
 REASON_SUSPENDED = "Suspended"
 REASON_RESUMED = "Resumed"
 REASON_VALIDATION = "ValidationFailed"
+REASON_GATE_FAILED = "GateFailed"  # a stage's result metric is outside its gate
 REASON_FAILED_CREATE = "FailedCreate"  # the reason the Job and ReplicaSet controllers use
 REASON_PODS_CREATED = "PodsCreated"
 REASON_PODS_STARTED = "PodsStarted"
@@ -359,7 +361,8 @@ def _observe_gang(
             set_condition(st, COND_CREATE_FAILED, False, REASON_PODS_CREATED, msg, now)
     head = by_rank.get(0)
     if head is not None and head.phase == "Succeeded":
-        _stage_succeeded(job, st, cur, now, d)
+        if _gates_pass(job, st, cur, head, now, d):
+            _stage_succeeded(job, st, cur, now, d)
         return
     failure = _gang_failure(cur, by_rank, workers, now, policy)
     if failure is None and cur.phase == Phase.Running:
@@ -526,6 +529,31 @@ def _stage_succeeded(
     msg = f"all {len(st.stages)} stage(s) succeeded"
     _set_phase(st, Phase.Succeeded, REASON_SUCCEEDED, msg, now)
     d.events.append(Event(NORMAL, REASON_SUCCEEDED, msg))
+
+
+def _gates_pass(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    head: PodView,
+    now: datetime,
+    d: Decision,
+) -> bool:
+    """Decide the stage's gates on the metrics its driver reported (the termination message
+    of the rank-0 pod); a failed gate fails the job (GateFailed) before the next stage."""
+    gates = job.spec.stages[layout.stage_index(job, cur.name)].gates
+    if not gates:
+        return True
+    results = check_gates(list(gates), progress.result_metrics(head.message))
+    cur.gates = [api.GateStatus.model_validate(r) for r in results]
+    failed = [r["message"] for r in results if not r["passed"]]
+    if not failed:
+        return True
+    st.failed_gate = f"{cur.name}: {'; '.join(failed)}"
+    _fail(
+        st, cur, REASON_GATE_FAILED, f"stage {cur.name}: gate failed: {'; '.join(failed)}", now, d
+    )
+    return False
 
 
 def _suspend(st: LLMTrainingJobStatus, cur: StageStatus, now: datetime, d: Decision) -> None:

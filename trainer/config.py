@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -53,6 +53,7 @@ class StageType(StrEnum):
     dpo = "dpo"
     ppo = "ppo"
     grpo = "grpo"
+    eval = "eval"  # no training: metrics of an earlier stage's model (eval.json)
 
 
 class DType(StrEnum):
@@ -275,6 +276,125 @@ class GRPOParams(Model):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
 
 
+class EvalMatch(StrEnum):
+    exact = "exact"
+    regex = "regex"
+
+
+class EvalParams(Model):
+    """What an eval stage measures beyond its dataset's own metric (text: perplexity,
+    prompt-completion: exactMatch or regexMatch, preference: preferenceAccuracy)."""
+
+    match: EvalMatch = Field(
+        EvalMatch.exact,
+        description="prompt-completion data: `exact` compares the greedy answer with the "
+        "completion; `regex` takes the completion as a pattern the answer must contain.",
+    )
+    max_new_tokens: int = Field(
+        32, gt=0, le=1024, description="Tokens generated per question (greedy)."
+    )
+    reference_model: ModelRef | None = Field(
+        None,
+        description="preference data: the reference of the implicit reward log p(y|x) - "
+        "log p_ref(y|x). Empty: an adapter's base, or none for a full model.",
+    )
+    reward_model: ModelRef | None = Field(
+        None, description="preference data: rank the pairs with this reward model instead."
+    )
+    task_dir: str | None = Field(
+        None,
+        max_length=1024,
+        description="Folder of lm-evaluation-harness task YAMLs reading local data files.",
+    )
+    tasks: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="lm-evaluation-harness tasks to run (from `taskDir`); metrics "
+        "`tasks.<task>.<metric>`.",
+    )
+
+
+# Gate metric names: the stage's result metrics (docs/guide.md lists them).
+GATE_METRIC = (
+    r"^(loss|evalLoss|perplexity|exactMatch|regexMatch|preferenceAccuracy|probes\.passRate"
+    r"|tasks\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$"
+)
+
+
+class Gate(Model):
+    model_config = ConfigDict(
+        json_schema_extra=cel(("has(self.min) || has(self.max)", "a gate needs min or max"))
+    )
+
+    metric: str = Field(
+        max_length=120,
+        pattern=GATE_METRIC,
+        description="Result metric of the stage: loss, evalLoss, perplexity, exactMatch, "
+        "regexMatch, preferenceAccuracy, probes.passRate or tasks.<task>.<metric>.",
+    )
+    min: float | None = Field(None, description="Fail the job when the metric is below this.")
+    max: float | None = Field(None, description="Fail the job when the metric is above this.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Gate:
+        if self.min is None and self.max is None:
+            raise ValueError("a gate needs min or max")
+        return self
+
+
+def check_gates(gates: list[Gate], metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One {metric, min, max, value, passed, message} per gate, against a stage's result
+    metrics; a metric the stage did not report fails its gate. The operator and
+    `llmtrain run` both decide with this."""
+    out = []
+    for g in gates:
+        value = metrics.get(g.metric)
+        bound = " and ".join(
+            f"{op} {v:g}" for op, v in (("min", g.min), ("max", g.max)) if v is not None
+        )
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            value, passed, message = None, False, f"{g.metric} was not reported (gate {bound})"
+        else:
+            passed = (g.min is None or value >= g.min) and (g.max is None or value <= g.max)
+            verdict = "within" if passed else "outside"
+            message = f"{g.metric} = {value:.4g}, {verdict} gate {bound}"
+        out.append(
+            {"metric": g.metric, "min": g.min, "max": g.max, "value": value, "passed": passed,
+             "message": message}
+        )  # fmt: skip
+    return out
+
+
+class Probe(Model):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            ("has(self.contains) != has(self.regex)", "a probe needs one of contains or regex")
+        )
+    )
+
+    prompt: str = Field(min_length=1, max_length=4096, description="Prompt, completed greedily.")
+    contains: str | None = Field(None, max_length=1024, description="Expected substring.")
+    regex: str | None = Field(None, max_length=1024, description="Pattern the answer must match.")
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> Probe:
+        if (self.contains is None) == (self.regex is None):
+            raise ValueError("a probe needs one of contains or regex")
+        return self
+
+
+class ProbeSpec(Model):
+    prompts: list[Probe] = Field(
+        min_length=1, max_length=32, description="Prompts, each with its expectation."
+    )
+    max_new_tokens: int = Field(16, gt=0, le=256, description="Tokens generated per prompt.")
+    after_every_stage: bool = Field(
+        True,
+        description="Run after every stage (probes.json in the stage directory, the report's "
+        "table); eval stages run them regardless.",
+    )
+
+
 class StageRule(NamedTuple):
     formats: tuple[DataFormat, ...]  # the data formats it trains on
     block: str | None = None  # its own settings block (StageSpec.dpo/ppo/grpo); no other type's
@@ -290,6 +410,11 @@ STAGE_RULES: dict[StageType, StageRule] = {
     StageType.dpo: StageRule((DataFormat.preference,), "dpo", from_model=True),
     StageType.ppo: StageRule((DataFormat.prompt_only,), "ppo", from_model=True),
     StageType.grpo: StageRule((DataFormat.prompt_only,), "grpo", from_model=True),
+    StageType.eval: StageRule(
+        (DataFormat.text, DataFormat.prompt_completion, DataFormat.preference),
+        "eval",
+        from_model=True,
+    ),
 }
 STAGE_FORMATS: dict[StageType, tuple[DataFormat, ...]] = {
     t: r.formats for t, r in STAGE_RULES.items()
@@ -309,6 +434,7 @@ class StageSpec(Model):
             ("!has(self.dpo) || self.type == 'dpo'", "dpo is only allowed on dpo stages"),
             ("!has(self.ppo) || self.type == 'ppo'", "ppo is only allowed on ppo stages"),
             ("!has(self.grpo) || self.type == 'grpo'", "grpo is only allowed on grpo stages"),
+            ("!has(self.eval) || self.type == 'eval'", "eval is only allowed on eval stages"),
             ("self.type != 'ppo' || has(self.ppo)", "ppo stages need ppo.rewardModel"),
             (
                 f"self.dataset.format in {_formats_cel()}[self.type]",
@@ -350,6 +476,13 @@ class StageSpec(Model):
     dpo: DPOParams | None = Field(None, description="DPO settings (type dpo).")
     ppo: PPOParams | None = Field(None, description="PPO settings (type ppo).")
     grpo: GRPOParams | None = Field(None, description="GRPO settings (type grpo).")
+    eval: EvalParams | None = Field(None, description="Evaluation settings (type eval).")
+    gates: list[Gate] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Checks on the stage's result metrics; one that fails ends the job "
+        "(reason GateFailed) before the next stage starts.",
+    )
 
 
 class DistributedStrategy(StrEnum):
@@ -388,7 +521,7 @@ def stage_problems(stage: StageSpec) -> list[tuple[str, str]]:
     """
     rule = STAGE_RULES[StageType(stage.type)]
     out = []
-    for block in ("dpo", "ppo", "grpo"):
+    for block in ("dpo", "ppo", "grpo", "eval"):
         if getattr(stage, block) is not None and block != rule.block:
             out.append((block, f"only allowed when type is {block}"))
     if stage.type == StageType.ppo and stage.ppo is None:

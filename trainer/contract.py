@@ -34,6 +34,7 @@ from llmtrain.trainer.config import (
     DistributedSpec,
     Model,
     ModelSpec,
+    ProbeSpec,
     StageSpec,
 )
 
@@ -91,6 +92,7 @@ class StageConfig(Model):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port of the driver's /metrics; empty disables it."
     )
+    probes: ProbeSpec | None = Field(None, description="The job's generation probes.")
 
 
 def resolve_stages(
@@ -104,6 +106,7 @@ def resolve_stages(
     distributed: DistributedSpec,
     checkpointing: CheckpointSpec,
     metrics_port: int | None,
+    probes: ProbeSpec | None = None,
     object_store: ObjectStoreConfig | None = None,
 ) -> list[StageConfig]:
     """Resolve every stage of a job into the config its worker runs.
@@ -148,6 +151,7 @@ def resolve_stages(
                 distributed=distributed,
                 checkpointing=checkpointing,
                 metrics_port=metrics_port,
+                probes=probes,
                 object_store=object_store,
             )
         )
@@ -220,6 +224,12 @@ PROGRESS = "progress.json"  # Progress fields plus alignment extras and updated_
 METRICS = "metrics.jsonl"  # one JSON object per logged step (the trainer's log history)
 RESULT = "result.json"  # written last, on success: a retried stage that finds it is done
 STOP_FILE = ".stop"  # created on SIGTERM/SIGINT: the workers checkpoint and stop
+EVAL = "eval.json"  # an eval stage's metrics (also under "metrics" in result.json)
+PROBES = "probes.json"  # the probes' prompts, answers and verdicts after the stage
+# The driver's container writes the stage's result metrics here on success (JSON
+# {"metrics": {...}}, at most 4 KiB): the kubelet puts it in the pod status, where the
+# operator reads it to decide the stage's gates.
+TERMINATION_LOG = "/dev/termination-log"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -188,6 +188,10 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     if problems:
         raise StageError(f"stage {cfg.stage.name}: {'; '.join(problems)}", permanent=True)
     stage = stages.load(cfg.stage.type)
+    if hasattr(stage, "run_in_driver"):  # eval: no training, no Ray (stages/eval.py)
+        result = stage.run_in_driver(cfg)
+        write_json(out / RESULT, result)
+        return dict(result)
     removed = checkpoint.clean(out / CHECKPOINTS)
     if removed:
         log.warning("removed incomplete checkpoints: %s", ", ".join(p.name for p in removed))
@@ -245,6 +249,9 @@ def run(cfg: StageConfig) -> dict[str, Any]:
         "data": {k: v for k, v in data_report.items() if k != "key"},
         "finished_at": time.time(),
     }
+    from llmtrain.trainer import evaluate  # the gates' metrics: losses, probes
+
+    result["metrics"] = evaluate.after_stage(cfg, result)
     write_json(out / RESULT, result)
     log.info("stage %s done: %d steps, loss %s -> %s", cfg.stage.name, result["steps"],
              result.get("final_loss"), result["output"])  # fmt: skip

@@ -11,6 +11,7 @@ the CLI stays a thin wrapper: a bad config, bad data or a failed worker gives a 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmtrain.trainer.contract import ENV_RAY_ADDRESS, ExitCode, StageConfig
+from llmtrain.trainer.contract import ENV_RAY_ADDRESS, TERMINATION_LOG, ExitCode, StageConfig
 
 log = logging.getLogger("llmtrain")
 
@@ -56,7 +57,7 @@ def run_stage(path: Path) -> tuple[int, list[str]]:
     from llmtrain.trainer.data import DataError
 
     try:
-        engine.run(cfg)
+        result = engine.run(cfg)
     except engine.StageInterrupted as e:
         return 128 + e.signum, [str(e)]
     except engine.StageError as e:
@@ -65,7 +66,29 @@ def run_stage(path: Path) -> tuple[int, list[str]]:
     except (DataError, ValueError) as e:  # found by the driver, before any worker started
         log.debug("stage failed", exc_info=True)
         return ExitCode.PERMANENT, [str(e)]
+    _termination_message(result.get("metrics") or {})
     return ExitCode.SUCCEEDED, []
+
+
+def termination_message(metrics: dict[str, Any]) -> str:
+    """What the driver leaves for the operator: the stage's result metrics as JSON, within
+    the 4 KiB the kubelet keeps (gates name at most 16 metrics; the losses come first)."""
+    items = list(metrics.items())
+    while True:
+        text = json.dumps({"metrics": dict(items)}, separators=(",", ":"))
+        if len(text) <= 4096 or not items:
+            return text
+        items.pop()
+
+
+def _termination_message(metrics: dict[str, Any]) -> None:
+    path = Path(TERMINATION_LOG)
+    if not path.exists():
+        return  # not in a pod: the kubelet mounts this file into every container
+    try:
+        path.write_text(termination_message(metrics))
+    except OSError as e:
+        log.warning("cannot write %s: %s", path, e)
 
 
 def generate(model: str, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtrain.trainer import checkpoint, ray_setup
+from llmtrain.trainer.config import check_gates
 from llmtrain.trainer.contract import (
     CHECKPOINTS,
     PROGRESS,
@@ -41,6 +42,7 @@ STAGE_CONFIG = "stage.json"  # the config it hands `llmtrain worker`
 FINGERPRINT = "fingerprint.json"  # what the outputs depend on, to tell a changed stage
 RUN_INFO = "run.json"  # when the stage started and finished (report.py reads it)
 WORKER_LOG = "logs/worker.log"
+GATE_FAILED = 3  # `llmtrain run`'s exit code when a stage's gate stopped the job
 
 
 class RunError(Exception):
@@ -84,6 +86,7 @@ def plan(
         distributed=spec.distributed,
         checkpointing=spec.checkpointing,
         metrics_port=metrics_port,
+        probes=spec.probes,
     )
     # Relative paths in a job file mean the job file's folder, wherever `llmtrain run` runs.
     base = job_file.resolve().parent
@@ -92,7 +95,8 @@ def plan(
         # What a stage's outputs depend on: its own spec, the base model, and everything
         # before it (through the previous fingerprint). No absolute paths of the workdir,
         # so a moved workdir still resumes.
-        stage_spec = cfg.stage.model_dump(mode="json", by_alias=True)
+        # Gates judge the outputs without changing them: a loosened gate reuses the stage.
+        stage_spec = cfg.stage.model_dump(mode="json", by_alias=True, exclude={"gates"})
         material = {
             "stage": stage_spec,
             "model": cfg.model.model_dump(mode="json", by_alias=True),
@@ -136,7 +140,8 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
     view.stage_started(p.config, resumed_from=resumed.name if resumed else None)
     log = log_file.open("a")
     started = time.time()
-    _LOCAL_RAY.start()  # before the first stage that runs; the later ones join it
+    if p.config.stage.type != "eval":  # an eval stage runs in its driver, without Ray
+        _LOCAL_RAY.start()  # before the first stage that runs; the later ones join it
     proc = subprocess.Popen(
         _worker_command(config_path),
         stdout=log,
@@ -237,14 +242,28 @@ def _run_job(
             conflicts + ["delete those stage folders, or pass a new --workdir, to start over"],
             code=2,
         )
-    for p in plans:
-        if p.skip:
-            view.stage_skipped(p.config)
-            continue
-        _run_stage(p, view)
     from llmtrain.trainer.report import write_report
 
     job_dir: Path = workdir.resolve() / job.metadata.name
+    for i, p in enumerate(plans):
+        if p.skip:
+            view.stage_skipped(p.config)
+        else:
+            _run_stage(p, view)
+        failed = [g for g in stage_gates(p.config) if not g["passed"]]
+        if failed:  # no later stage runs, as on a cluster (reason GateFailed)
+            write_report(job_dir, [q.config for q in plans[: i + 1]])
+            raise RunError(
+                [f"stage {p.config.stage.name}: gate failed: {g['message']}" for g in failed]
+                + [f"report: {job_dir / 'report.md'}"],
+                code=GATE_FAILED,
+            )
     write_report(job_dir, [p.config for p in plans])
     view.note(f"report: {job_dir / 'report.md'}")
     return job_dir
+
+
+def stage_gates(cfg: StageConfig) -> list[dict[str, Any]]:
+    """The stage's gates against the metrics in its result.json (config.check_gates)."""
+    metrics = read_json(Path(cfg.output_dir) / RESULT).get("metrics") or {}
+    return check_gates(list(cfg.stage.gates), metrics)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer.contract import METRICS, RESULT, StageConfig, read_json
+from llmtrain.trainer.contract import METRICS, PROBES, RESULT, StageConfig, read_json
 from llmtrain.trainer.metrics import LOG_KEYS
 from llmtrain.trainer.pipeline import RUN_INFO
 
@@ -72,6 +72,7 @@ def stage_summary(cfg: StageConfig) -> dict[str, Any]:
         "final_eval_loss": evals[-1] if evals else None,
         "tokens_per_second": result.get("tokens_per_second"),
         "output": result.get("output"),
+        "metrics": result.get("metrics") or {},  # evaluate.py: what gates read
         "alignment": {title: points[-1][1] for title, points in aligned.items()},
         "plot": str(out / "loss.png")
         if plot_loss(cfg.stage.name, rows, out / "loss.png")
@@ -170,5 +171,51 @@ def write_report(job_dir: Path, configs: list[StageConfig]) -> dict[str, Any]:
         for alt, plot in plots:
             rel = Path(plot).relative_to(job_dir) if plot.startswith(str(job_dir)) else plot
             lines += [f"![{alt}]({rel})", ""]
+    lines += gate_lines(configs) + probe_lines(configs)
+    from llmtrain.trainer.initializer import report_lines
+
+    lines += report_lines(job_dir)
     (job_dir / "report.md").write_text("\n".join(lines))
     return report
+
+
+def _md(text: str) -> str:
+    """One table cell: pipes escaped, newlines shown as ⏎."""
+    return text.replace("|", "\\|").replace("\n", "⏎").strip() or "(empty)"
+
+
+def gate_lines(configs: list[StageConfig]) -> list[str]:
+    """## Gates: each stage's gates against its result metrics (pipeline.stage_gates)."""
+    from llmtrain.trainer.pipeline import stage_gates
+
+    rows = [(c.stage.name, g) for c in configs for g in stage_gates(c)]
+    if not rows:
+        return []
+    out = ["## Gates", "", "| stage | gate | verdict |", "| --- | --- | --- |"]
+    for stage, g in rows:
+        out.append(f"| {stage} | {g['message']} | {'passed' if g['passed'] else '**FAILED**'} |")
+    return [*out, ""]
+
+
+def probe_lines(configs: list[StageConfig]) -> list[str]:
+    """## Probes: the same prompts answered after each stage (probes.json), so the table
+    shows how the answers changed from stage to stage."""
+    read = [(c.stage.name, read_json(Path(c.output_dir) / PROBES)) for c in configs]
+    runs: list[tuple[str, list[dict[str, Any]]]] = [
+        (name, r["probes"]) for name, r in read if r.get("probes")
+    ]
+    if not runs:
+        return []
+    prompts = list(dict.fromkeys(p["prompt"] for _, probes in runs for p in probes))
+    out = ["## Probes", "", "| prompt | " + " | ".join(f"after {n}" for n, _ in runs) + " |"]
+    out.append("|" + " --- |" * (len(runs) + 1))
+    for prompt in prompts:
+        cells = []
+        for _, probes in runs:
+            hit = next((p for p in probes if p["prompt"] == prompt), None)
+            mark = "" if hit is None else (" ✅" if hit["passed"] else " ❌")
+            cells.append("-" if hit is None else _md(hit["answer"]) + mark)
+        out.append(f"| {_md(prompt)} | " + " | ".join(cells) + " |")
+    rates = [sum(p["passed"] for p in probes) / len(probes) for _, probes in runs]
+    out.append("| **pass rate** | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
+    return [*out, ""]

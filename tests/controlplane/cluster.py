@@ -476,7 +476,7 @@ class Cluster:
 
     def set_pod_phase(
         self, namespace: str, name: str, phase: str, exit_code: int | None = None,
-        timeout: float = 30,
+        timeout: float = 30, message: str | None = None,
     ) -> dict[str, Any]:
         """Drive a pod to Succeeded or Failed, as a kubelet would report it.
 
@@ -493,6 +493,8 @@ class Cluster:
         started = pod["status"].get("startTime") or _now()
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                       "startedAt": started, "finishedAt": _now()}
+        if message is not None:  # what the container wrote to its terminationMessagePath
+            terminated["message"] = message
         statuses = [
             {"name": c["name"], "image": c["image"], "imageID": "", "ready": False,
              "started": False, "restartCount": 0, "state": {"terminated": terminated}}

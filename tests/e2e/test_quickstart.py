@@ -98,6 +98,18 @@ def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
     # DPO moved its preference metrics, and the report shows how.
     assert "![dpo alignment metrics](dpo/alignment.png)" in report_md
     assert "Final preference accuracy:" in report_md
+    # The probes: the quickstart's questions answered greedily after every stage, one table.
+    assert "| prompt | after pretrain | after sft | after dpo |" in report_md, report_md
+    probe_runs = {
+        n: json.loads((work / "quickstart" / n / "probes.json").read_text())["probes"]
+        for n in STEPS
+    }
+    asked = [p["prompt"] for p in QUICKSTART["spec"]["probes"]["prompts"]]
+    assert all([p["prompt"] for p in run] == asked for run in probe_runs.values()), probe_runs
+    assert "**pass rate**" in report_md
+    # SFT teaches the format: its answers pass more probes than the pretrained model's.
+    passed = {n: sum(p["passed"] for p in run) for n, run in probe_runs.items()}
+    assert passed["sft"] > passed["pretrain"] and passed["dpo"] >= 2, probe_runs
 
     # The result answers a prompt.
     gen = run_cli(

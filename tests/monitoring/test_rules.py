@@ -28,7 +28,7 @@ def test_promtool_check_rules(promtool: Path, tmp_path: Path) -> None:
         [str(promtool), "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in proc.stdout, proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout, proc.stdout
 
 
 def test_promtool_unit_tests_cover_every_alert(promtool: Path, tmp_path: Path) -> None:

@@ -85,7 +85,10 @@ def test_enums_bounds_defaults_and_cel_rules_are_in_the_schema() -> None:
         "dpo",
         "ppo",
         "grpo",
+        "eval",
     ]
+    gate = stage["properties"]["gates"]["items"]
+    assert gate["x-kubernetes-validations"][0]["rule"] == "has(self.min) || has(self.max)"
     peft = stage["properties"]["peft"]["properties"]
     assert peft["method"]["enum"] == ["none", "lora", "qlora", "dora"]
     assert peft["r"]["minimum"] == 0 and peft["r"]["exclusiveMinimum"] is True
@@ -103,7 +106,7 @@ def test_enums_bounds_defaults_and_cel_rules_are_in_the_schema() -> None:
 def test_printer_columns() -> None:
     doc = yaml.safe_load(crd.crd_yaml())
     cols = [c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Stage", "Progress", "Loss", "Restarts", "Age", "Reason"]
+    assert cols == ["Phase", "Stage", "Progress", "Loss", "Restarts", "Gate", "Age", "Reason"]
     wide = [
         c["name"]
         for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]

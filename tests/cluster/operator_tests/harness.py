@@ -302,8 +302,10 @@ class Harness:
     def wait_gone(self, names: set[str], timeout: float = 30) -> None:
         wait_until(f"pods {sorted(names)} gone", lambda: not (names & set(self.pods())), timeout)
 
-    def end_pod(self, name: str, phase: str, exit_code: int | None = None) -> None:
-        self.cluster.set_pod_phase(self.ns, name, phase, exit_code)
+    def end_pod(
+        self, name: str, phase: str, exit_code: int | None = None, message: str | None = None
+    ) -> None:
+        self.cluster.set_pod_phase(self.ns, name, phase, exit_code, message=message)
 
     def table(self, name: str, *args: str) -> dict[str, str]:
         """`kubectl get llmtj NAME` as {column: cell}; cells are cut at the header's offsets
