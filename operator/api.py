@@ -178,6 +178,21 @@ def _prefixes(path: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+class Gang(StrEnum):
+    none = "none"
+    podgroup = "podgroup"
+
+
+class Scheduling(Model):
+    gang: Gang = Field(
+        Gang.none,
+        description="All-or-nothing scheduling without Kueue: `podgroup` creates a "
+        "scheduler-plugins coscheduling PodGroup (minMember = workers) per stage attempt and "
+        "sets the pods' schedulerName (resources.schedulerName, else "
+        "scheduler-plugins-scheduler); `none` leaves scheduling to the default scheduler.",
+    )
+
+
 class LLMTrainingJobSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=cel(
@@ -216,6 +231,10 @@ class LLMTrainingJobSpec(Model):
         default_factory=CheckpointSpec, description="How often to checkpoint."
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries and limits.")
+    scheduling: Scheduling = Field(
+        default_factory=Scheduling,
+        description="Gang scheduling without Kueue (Kueue: label the job with its queue-name).",
+    )
     suspend: bool = Field(
         False, description="Remove the pods (after a checkpoint) and create none (Kueue)."
     )
@@ -234,6 +253,7 @@ class Phase(StrEnum):
     Running = "Running"
     Restarting = "Restarting"
     Suspended = "Suspended"
+    Queued = "Queued"  # waiting for Kueue to admit the stage's Workload
     Succeeded = "Succeeded"
     Failed = "Failed"
 

@@ -76,6 +76,18 @@ async def on_pod_event(
     await reconcile(ctx, namespace, labels[layout.LABEL_JOB], job_pods, scrape=False)
 
 
+async def on_workload_event(
+    namespace: str,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    job_pods: kopf.Index[Key, progress.PodView],
+    **_: Any,
+) -> None:
+    """Kueue admitted or evicted a job's Workload (kueue.py): act on it now, not at the
+    next resync."""
+    await reconcile(memo.ctx, namespace, labels[layout.LABEL_JOB], job_pods, scrape=False)
+
+
 async def on_timer(
     namespace: str,
     name: str,
@@ -132,5 +144,9 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> None:
     kopf.index("pods", labels=labelled, registry=registry, id="job_pods")(fn(index_pods))
     kopf.on.event("pods", labels=labelled, registry=registry)(fn(on_pod_event))
     kopf.on.event(*job, registry=registry)(fn(on_job_event))
+    # Kueue's Workloads of our jobs (inactive where Kueue's CRDs are not installed).
+    kopf.on.event("kueue.x-k8s.io", "workloads", labels=labelled, registry=registry)(
+        fn(on_workload_event)
+    )
     timer = kopf.timer(*job, interval=options.resync_seconds, when=_needs_timer, registry=registry)
     timer(fn(on_timer))

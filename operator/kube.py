@@ -42,6 +42,8 @@ KINDS = {
     "ConfigMap": ("api/v1", "configmaps"),
     "Service": ("api/v1", "services"),
     "NetworkPolicy": ("apis/networking.k8s.io/v1", "networkpolicies"),
+    "Workload": ("apis/kueue.x-k8s.io/v1beta2", "workloads"),  # kueue.py
+    "PodGroup": ("apis/scheduling.x-k8s.io/v1alpha1", "podgroups"),  # gang.py
 }
 JOBS = f"apis/{api.GROUP}/{api.VERSION}"
 log = logging.getLogger(__name__)
@@ -149,6 +151,26 @@ class Kube:
     async def list_pods(self, namespace: str, selector: str) -> list[Body]:
         query = urllib.parse.urlencode({"labelSelector": selector})
         body = await self._call("get", path("api/v1", "pods", namespace) + "?" + query)
+        items: list[Body] = body["items"]
+        return items
+
+    async def get(
+        self, prefix: str, plural: str, name: str, namespace: str | None = None
+    ) -> Body | None:
+        """Any object by its API prefix (`apis/group/version`); None when it does not exist."""
+        try:
+            body: Body = await self._call("get", path(prefix, plural, namespace, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return body
+
+    async def list_objects(self, kind: str, namespace: str, selector: str) -> list[Body]:
+        """A child kind's objects in `namespace` matching a label selector."""
+        prefix, plural = KINDS[kind]
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        body = await self._call("get", path(prefix, plural, namespace) + "?" + query)
         items: list[Body] = body["items"]
         return items
 

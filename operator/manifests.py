@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from llmtrain.operator import api
+from llmtrain.operator import api, gang
 from llmtrain.operator.layout import (
     CONFIG_DIR,
     CONFIG_FILE,
@@ -341,12 +341,16 @@ def build_stage_objects(
     policy = (
         [build_network_policy(job, stage, attempt, defaults)] if defaults.network_policy else []
     )
+    group = gang.pod_group(job, stage, attempt)
     return [
         build_config_map(job, stage, attempt, defaults),
         build_service(job, stage, attempt, defaults),
         *policy,
+        *([group] if group else []),
         *(
-            build_worker_pod(job, stage, attempt, rank, defaults)
+            gang.pod_fields(
+                job, stage, attempt, build_worker_pod(job, stage, attempt, rank, defaults)
+            )
             for rank in range(job.spec.resources.workers)
         ),
     ]

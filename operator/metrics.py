@@ -148,6 +148,12 @@ class OperatorMetrics:
             ["namespace", "job", "reason"],
             registry=self.registry,
         )
+        self.queued_seconds = Counter(
+            f"{PREFIX}job_queued_seconds",
+            "Time jobs waited for Kueue to admit their stages, counted at each admission.",
+            ["namespace", "job"],
+            registry=self.registry,
+        )
 
     def job_phase(self, namespace: str, job: str, phase: str | None) -> None:
         """Record a job's phase; None forgets a deleted job, with its restart counts."""
@@ -161,6 +167,7 @@ class OperatorMetrics:
         self._jobs.clear()
         self._gates.clear()
         self.stage_restarts.clear()
+        self.queued_seconds.clear()
 
     def _forget_restarts(self, namespace: str, job: str) -> None:
         # Through collect(), not prometheus_client internals (remove_by_labels is 0.22+).
@@ -169,6 +176,11 @@ class OperatorMetrics:
                 ours = s.labels["namespace"] == namespace and s.labels["job"] == job
                 if ours and s.name.endswith("_total"):
                     self.stage_restarts.remove(namespace, job, s.labels["reason"])
+        for family in self.queued_seconds.collect():
+            for s in family.samples:
+                ours = s.labels["namespace"] == namespace and s.labels["job"] == job
+                if ours and s.name.endswith("_total"):
+                    self.queued_seconds.remove(namespace, job)
 
     def gates(self, namespace: str, job: str, gates: list[tuple[str, str, bool]]) -> None:
         """Record the gates decided so far: (stage, metric, passed) each."""

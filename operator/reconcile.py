@@ -23,7 +23,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from llmtrain.operator import api, layout, manifests, progress, state
+from llmtrain.operator import api, gang, kueue, layout, manifests, progress, state
 from llmtrain.operator.kube import Body, Kube
 from llmtrain.operator.metrics import OperatorMetrics
 
@@ -151,13 +151,14 @@ async def _reconcile(
     uid = body["metadata"].get("uid")
     pods = [p for p in pods if p.owner_uid == uid]  # a namesake's orphans are not ours
     sample = await _scrape(ctx, job, pods) if scrape else None
-    d = state.decide(job, pods, state.utcnow(), sample, policy)
+    queue = await _workloads(ctx, job, old, pods) if kueue.queue_name(job) else None
+    d = state.decide(job, pods, state.utcnow(), sample, policy, queue)
     if d.restarts or (d.status.phase == api.Phase.Failed and old.phase != api.Phase.Failed):
         # Tearing a gang down on the index's word alone is too much: a pod missing from it
         # may simply not be listed yet (a replica that just took over). Read the pods.
         found = await ctx.kube.list_pods(namespace, f"{layout.LABEL_JOB}={name}")
         pods = [v for v in map(progress.PodView.from_pod, found) if v and v.owner_uid == uid]
-        d = state.decide(job, pods, state.utcnow(), sample, policy)
+        d = state.decide(job, pods, state.utcnow(), sample, policy, queue)
     if d.status != old:
         if not await _write(ctx, cache, body, d.status):
             return  # someone wrote in between; the next pass reads the job afresh
@@ -170,6 +171,12 @@ async def _reconcile(
     ctx.metrics.gates(namespace, name, decided)
     known = cache.body  # the job as it is with d.status
     refused = await _apply(ctx, cache, job, d, pods)
+    moved = (d.status.current_stage, d.status.phase in state.TERMINAL) != (
+        old.current_stage,
+        old.phase in state.TERMINAL,
+    )
+    if queue is not None and moved:  # release the stage's quota now; queue the next one
+        await _workloads(ctx, job, d.status, pods)
     if refused and d.ensure is not None and known is not None and cache.body is known:
         await _report_refused(ctx, cache, known, job, d, refused)
 
@@ -227,6 +234,8 @@ def _observe(m: OperatorMetrics, namespace: str, name: str, d: state.Decision) -
         m.stage_duration.labels(type=stage_type).observe(seconds)
     if d.time_to_running is not None:
         m.time_to_running.observe(d.time_to_running)
+    if d.queued_seconds is not None:
+        m.queued_seconds.labels(namespace=namespace, job=name).inc(d.queued_seconds)
     for reason in d.restarts:
         m.stage_restarts.labels(namespace=namespace, job=name, reason=reason).inc()
 
@@ -264,9 +273,13 @@ async def _apply(
         deletions += [kube.delete("Service", ns, name), kube.delete("ConfigMap", ns, name)]
         if ctx.options.job_defaults.network_policy:
             deletions.append(kube.delete("NetworkPolicy", ns, name))
+        if gang.enabled(job):
+            deletions.append(kube.delete("PodGroup", ns, name))
     await asyncio.gather(*deletions)
     if d.ensure is not None and time.monotonic() - cache.ensured.get(d.ensure, -1e9) > RECREATE:
         objs = manifests.build_stage_objects(job, *d.ensure, ctx.options.job_defaults)
+        if d.queue is not None and d.queue.admitted:
+            objs = await _flavored(ctx, d.queue, objs)
         have = {p.name for p in pods}
         missing = [o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] not in have]
         if missing:
@@ -297,6 +310,56 @@ async def _apply(
     if d.delete_job:
         await kube.delete_job(ns, job.metadata.name)
     return refused
+
+
+async def _workloads(
+    ctx: Context,
+    job: api.LLMTrainingJob,
+    st: api.LLMTrainingJobStatus,
+    pods: list[progress.PodView],
+) -> kueue.Admission | None:
+    """Kueue's word on the current stage, for a job that names a queue: its Workload is
+    created if missing; the Workloads of other stages (or of a finished or suspended job)
+    are deleted, releasing their quota; an evicted one goes once its gang is gone, and a
+    fresh one queues again. None when no Workload is wanted (the decision ignores Kueue)."""
+    ns, name = layout.namespace_of(job), job.metadata.name
+    cur = state.current_stage(st)
+    stage = cur.name if cur else job.spec.stages[0].name
+    wanted = st.phase not in state.TERMINAL and not job.spec.suspend
+    uid = (job.metadata.model_extra or {}).get("uid")
+    found = await ctx.kube.list_objects("Workload", ns, f"{layout.LABEL_JOB}={name}")
+    gang = cur is not None and any((p.stage, p.attempt) == (cur.name, cur.attempt) for p in pods)
+    wl = None
+    for w in found:
+        if uid not in [o.get("uid") for o in w["metadata"].get("ownerReferences") or []]:
+            continue  # a deleted namesake's: the garbage collector takes it
+        mine = wanted and w["metadata"]["name"] == kueue.workload_name(name, stage)
+        requeue = mine and kueue.admission(stage, w).evicted and st.phase == api.Phase.Suspended
+        if mine and not (requeue and not gang):
+            wl = w
+        elif not w["metadata"].get("deletionTimestamp"):
+            await ctx.kube.delete("Workload", ns, w["metadata"]["name"])
+    if not wanted:
+        return None
+    if wl is None:
+        pc = job.spec.resources.priority_class_name
+        prio = (
+            await ctx.kube.get("apis/scheduling.k8s.io/v1", "priorityclasses", pc) if pc else None
+        )
+        priority = int(prio["value"]) if prio and "value" in prio else None
+        wl = kueue.build_workload(job, stage, priority, ctx.options.job_defaults)
+        await ctx.kube.create(wl)  # a fresh Workload waits: it has no status yet
+    return kueue.admission(stage, wl)
+
+
+async def _flavored(
+    ctx: Context, q: kueue.Admission, objs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The pods with the admitted ResourceFlavors' node labels and tolerations."""
+    prefix = f"apis/{kueue.GROUP}/{kueue.VERSION}"
+    flavors = [await ctx.kube.get(prefix, "resourceflavors", f) for f in q.flavors]
+    selector, tolerations = kueue.flavor_scheduling([f for f in flavors if f])
+    return [kueue.inject(o, selector, tolerations) if o["kind"] == "Pod" else o for o in objs]
 
 
 async def _foreign(kube: Kube, job: api.LLMTrainingJob, pods: list[Body]) -> list[str]:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from llmtrain.operator import api, layout, progress
+from llmtrain.operator import api, kueue, layout, progress
 from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, StageStatus
 from llmtrain.operator.progress import PodView
 from llmtrain.trainer.config import check_gates
@@ -37,6 +37,7 @@ COND_CREATED = "Created"
 COND_RUNNING = "Running"
 COND_RESTARTING = "Restarting"
 COND_SUSPENDED = "Suspended"
+COND_QUEUED = "Queued"  # True while Kueue has not admitted the stage's Workload
 COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 # True while the apiserver refuses an attempt's objects (ReplicaSet's ReplicaFailure).
@@ -62,6 +63,8 @@ REASON_BACKOFF = "BackoffLimitExceeded"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_SUSPENDED = "Suspended"
 REASON_RESUMED = "Resumed"
+REASON_QUEUED = "Queued"
+REASON_ADMITTED = "Admitted"
 REASON_VALIDATION = "ValidationFailed"
 REASON_GATE_FAILED = "GateFailed"  # a stage's result metric is outside its gate
 REASON_FAILED_CREATE = "FailedCreate"  # the reason the Job and ReplicaSet controllers use
@@ -145,6 +148,10 @@ class Decision:
     stage_durations: list[tuple[str, float]] = field(default_factory=list)
     time_to_running: float | None = None
     restarts: list[str] = field(default_factory=list)
+    # Kueue: what it says about the current stage's Workload (None: not Kueue-managed), and
+    # how long the job waited when this pass saw it admitted.
+    queue: kueue.Admission | None = None
+    queued_seconds: float | None = None
 
 
 # ---- conditions --------------------------------------------------------------------------
@@ -188,6 +195,7 @@ def _set_phase(
         (COND_RUNNING, phase == Phase.Running),
         (COND_RESTARTING, phase == Phase.Restarting),
         (COND_SUSPENDED, phase == Phase.Suspended),
+        (COND_QUEUED, phase == Phase.Queued),
     ]
     if finished:
         mirrors += [(COND_PODS_PENDING, False), (COND_PROGRESS_UNKNOWN, False)]
@@ -211,11 +219,13 @@ def decide(
     now: datetime,
     scrape: Scrape | None = None,
     policy: Policy = Policy(),
+    queue: kueue.Admission | None = None,
 ) -> Decision:
     """The next status and actions for `job`, given its pods (and, optionally, metrics).
-    Pods the job does not own (another uid: an orphan of a deleted namesake) are ignored."""
+    Pods the job does not own (another uid: an orphan of a deleted namesake) are ignored.
+    `queue`: Kueue's word on the current stage's Workload, for a job that names a queue."""
     st = (job.status or LLMTrainingJobStatus()).model_copy(deep=True)
-    d = Decision(status=st)
+    d = Decision(status=st, queue=queue)
     spec = job.spec
     uid = (job.metadata.model_extra or {}).get("uid")
     if uid:
@@ -238,7 +248,7 @@ def decide(
         msg = f"{len(st.stages)} stage(s): {', '.join(s.name for s in st.stages)}"
         set_condition(st, COND_CREATED, True, REASON_CREATED, msg, now)
         st.reason = REASON_CREATED
-        if not spec.suspend:
+        if not spec.suspend and _admitted(d):
             _start_attempt(job, st, cur, 1, now, d)
 
     deadline = spec.run_policy.active_deadline_seconds
@@ -248,6 +258,10 @@ def decide(
         _fail(st, cur, REASON_DEADLINE, msg, now, d)
     elif spec.suspend:
         _suspend(st, cur, now, d)
+    elif not _admitted(d):
+        _queue(st, cur, pods, now, d)
+    elif st.phase == Phase.Queued or (st.phase == Phase.Suspended and d.queue is not None):
+        _admit(job, st, cur, pods, now, d)
     elif st.phase == Phase.Suspended:
         _resume(job, st, cur, pods, now, d)
     else:
@@ -522,6 +536,9 @@ def _stage_succeeded(
         nxt = st.stages[index + 1]
         st.current_stage = nxt.name
         st.progress, st.loss = None, None
+        if d.queue is not None:  # the next stage's Workload queues first
+            _queue(st, nxt, [], now, d)
+            return
         d.events.append(Event(NORMAL, REASON_STAGE_STARTED, f"stage {nxt.name} started"))
         _start_attempt(job, st, nxt, 1, now, d)
         return
@@ -582,6 +599,71 @@ def _resume(
     set_condition(st, COND_SUSPENDED, False, REASON_RESUMED, msg, now)
     st.phase, st.reason = Phase.Initializing, REASON_RESUMED
     d.events.append(Event(NORMAL, REASON_RESUMED, msg))
+    _start_attempt(job, st, cur, cur.attempt + 1, now, d)
+
+
+def _admitted(d: Decision) -> bool:
+    return d.queue is None or d.queue.admitted
+
+
+def _queue(
+    st: LLMTrainingJobStatus, cur: StageStatus, pods: list[PodView], now: datetime, d: Decision
+) -> None:
+    """Kueue has not admitted the stage (or evicted it): no pods. An evicted gang goes like
+    a suspended one (head first: its SIGTERM checkpoint lands), shown Suspended with
+    Kueue's reason; once it is gone the reconciler re-queues the Workload: Queued."""
+    q = d.queue
+    assert q is not None
+    where = f"stage {cur.name}"
+    if cur.phase in (*_LIVE, Phase.Restarting) and cur.attempt > 0:
+        d.delete_attempts.append((cur.name, cur.attempt))
+        cur.phase = Phase.Suspended
+        st.start_time = None
+        msg = f"{where}: evicted by Kueue ({q.evicted or 'admission withdrawn'}): {q.message}"
+        msg = msg.rstrip(": ") + "; pods are removed after they checkpoint"
+        _set_phase(st, Phase.Suspended, q.evicted or REASON_SUSPENDED, msg, now)
+        d.events.append(Event(WARNING, q.evicted or REASON_SUSPENDED, msg))
+        return
+    if q.evicted or any(p.stage == cur.name and p.attempt == cur.attempt for p in pods):
+        return  # the evicted gang is still checkpointing and terminating
+    why = "" if q.admitted else q.message  # admitted: the previous stage's, at a hand-off
+    msg = f"{where}: waiting in queue {q.queue}" if q.queue else f"{where}: waiting for Kueue"
+    msg += f": {why}" if why else ""
+    queued = condition(st, COND_QUEUED)
+    if st.phase != Phase.Queued or queued is None or queued.message != msg:
+        if st.phase != Phase.Queued:
+            d.events.append(Event(NORMAL, REASON_QUEUED, msg))
+        cur.phase = Phase.Queued
+        _set_phase(st, Phase.Queued, REASON_QUEUED, msg, now)
+
+
+def _admit(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    pods: list[PodView],
+    now: datetime,
+    d: Decision,
+) -> None:
+    """Kueue admitted the stage's Workload: start its next attempt (a resumed one starts
+    from the newest checkpoint)."""
+    if any(p.stage == cur.name and p.attempt == cur.attempt for p in pods):
+        return  # the evicted gang is still terminating
+    q = d.queue
+    queued = condition(st, COND_QUEUED)
+    if queued is not None and queued.status == "True":
+        since = parse_time(queued.last_transition_time)
+        d.queued_seconds = (now - since).total_seconds() if since else None
+    msg = f"stage {cur.name}: admitted by Kueue" + (
+        f" (ClusterQueue {q.cluster_queue})" if q and q.cluster_queue else ""
+    )
+    d.events.append(Event(NORMAL, REASON_ADMITTED, msg))
+    set_condition(st, COND_QUEUED, False, REASON_ADMITTED, msg, now)
+    if cur.attempt > 0:
+        resumed = f"resumed at stage {cur.name}"
+        set_condition(st, COND_SUSPENDED, False, REASON_RESUMED, resumed, now)
+        d.events.append(Event(NORMAL, REASON_RESUMED, resumed))
+    st.phase, st.reason = Phase.Initializing, REASON_ADMITTED
     _start_attempt(job, st, cur, cur.attempt + 1, now, d)
 
 

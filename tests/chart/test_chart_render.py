@@ -54,6 +54,7 @@ NAMESPACED = {
     ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    ("scheduling.x-k8s.io", "podgroups"): {"get", "create", "delete"},  # scheduling.gang
 }
 # The operator's per-attempt NetworkPolicies (networkPolicy.enabled, the default).
 NETWORK_POLICIES = {("networking.k8s.io", "networkpolicies"): {"get", "create", "delete"}}
