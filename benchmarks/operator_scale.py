@@ -23,6 +23,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -189,11 +190,12 @@ def run_direct(c: Any, core: Any, ns: str, n: int, workers: int, rate: float, th
             labels["bench.llmtrain.io/job"] = labels.pop(layout.LABEL_JOB)
             fns[obj["kind"]](ns, obj, _preload_content=False)
 
+    load = ApiserverLoad(c)
     start, due, submitted = submit(n, rate, threads, create)
     wait("all direct pods", lambda: len(pods.seen) >= n * workers, 600)
     wait("all direct pods running", lambda: len(pods.running) >= n * workers, 300)
     pods.stop()
-    return summary(start, due, submitted, pods, workers)
+    return summary(start, due, submitted, pods, workers) | load.done()
 
 
 def start_operator(
@@ -219,7 +221,7 @@ def start_operator(
         except OSError:
             return False
 
-    wait("operator healthy", healthy, 60)
+    wait("operator healthy", healthy, 300 if traced else 60)
     time.sleep(1)  # its first (empty) listings
     return op
 
@@ -254,6 +256,7 @@ def run_operator(
                 api.GROUP, api.VERSION, ns, api.PLURAL, body, _preload_content=False
             )
 
+        load = ApiserverLoad(c)
         start, due, submitted = submit(n, rate, threads, create)
         wait("all operator pods", lambda: len(pods.seen) >= n * workers, 600)
         wait("all operator pods running", lambda: len(pods.running) >= n * workers, 300)
@@ -264,7 +267,7 @@ def run_operator(
         if traced:
             op.send_signal(signal.SIGUSR1)  # snapshot 2: all jobs running
             time.sleep(10)
-        out = summary(start, due, submitted, pods, workers)
+        out = summary(start, due, submitted, pods, workers) | load.done()
         out["operator_rss_idle_mib"] = rss0
         out["operator_vmhwm_mib"] = _status_mib(op.pid, "VmHWM")
         out["operator_cpu_seconds"] = round(_cpu_seconds(op.pid) - cpu0, 1)
@@ -354,6 +357,45 @@ def _short(frame: str) -> str:
     return f"{fn} ({path})"
 
 
+class ApiserverLoad:
+    """What a round cost the control plane: the apiserver's writes by verb and resource
+    (its apiserver_request_total) and the CPU seconds of apiserver + etcd."""
+
+    WRITES = ("POST", "PATCH", "PUT", "DELETE")
+
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        names = ("kube-apiserver", "etcd")
+        self.pids = [p.popen.pid for p in c.procs if p.name in names and p.popen is not None]
+        self.requests0, self.cpu0 = self._requests(), self._cpu()
+
+    def _cpu(self) -> float:
+        return sum(_cpu_seconds(pid) for pid in self.pids)
+
+    def _requests(self) -> collections.Counter[str]:
+        out: collections.Counter[str] = collections.Counter()
+        text = self.c.kubectl("get", "--raw", "/metrics", check=False, timeout=120)
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("verb") in self.WRITES:
+                sub = "/" + labels["subresource"] if labels.get("subresource") else ""
+                out[f"{labels['verb']} {labels.get('resource', '')}{sub}"] += int(
+                    float(line.rsplit(" ", 1)[1])
+                )
+        return out
+
+    def done(self) -> dict[str, Any]:
+        writes = self._requests()
+        writes.subtract(self.requests0)
+        return {
+            "apiserver_etcd_cpu_seconds": round(self._cpu() - self.cpu0, 1),
+            "apiserver_writes": sum(v for v in writes.values() if v > 0),
+            "apiserver_writes_by_resource": {k: v for k, v in writes.most_common() if v > 0},
+        }
+
+
 def _cpu_seconds(pid: int) -> float:
     """user + system CPU time of a process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -383,6 +425,9 @@ def ratios(scenarios: dict[str, dict[str, Any]], jobs: int) -> list[str]:
                 + (f" (goal <= {GOALS['steady_p99']})" if label != "burst" else "")
                 + f", pods/s {thr:.2f}x"
                 + (f" (goal >= {GOALS['throughput']})" if label == "burst" else "")
+                + f"; apiserver writes {o['apiserver_writes'] / max(d['apiserver_writes'], 1):.2f}x"
+                + f", apiserver+etcd CPU {o['apiserver_etcd_cpu_seconds']} s vs "
+                + f"{d['apiserver_etcd_cpu_seconds']} s"
             )
         out.append(
             f"operator {label}: {o['pods_per_second']} pods/s (direct "
