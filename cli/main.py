@@ -271,6 +271,7 @@ def _job_defaults(
     service_account: str,
     network_policy: bool = False,
     metrics_from: str = "",
+    **initializer: Any,
 ) -> JobDefaults:
     import json
 
@@ -289,7 +290,18 @@ def _job_defaults(
         service_account=service_account or None,
         network_policy=network_policy,
         metrics_from=tuple(peers),
+        **initializer,
     )
+
+
+def _gpu_memory(value: str) -> int | None:
+    from llmtrain.operator import layout
+
+    try:
+        return layout.quantity_bytes(value)
+    except ValueError:
+        _fail([f"--gpu-memory: {value!r} is not a memory quantity (e.g. 80Gi)"])
+        return None
 
 
 @app.command()
@@ -417,6 +429,31 @@ def operator(
         int,
         typer.Option(min=1, help="Seconds until a silent replica counts as gone (failover time)."),
     ] = 15,
+    initializer: Annotated[
+        bool,
+        typer.Option(
+            "--initializer/--no-initializer",
+            envvar="LLMTRAIN_INITIALIZER",
+            help="Run one CPU-only initializer pod per job before its first gang: it fetches "
+            "hub and s3:// inputs to storage and runs the preflight (data, chat template, "
+            "memory). Without it a broken dataset is found by the GPU pods.",
+        ),
+    ] = True,
+    initializer_cpu: Annotated[
+        str, typer.Option(envvar="LLMTRAIN_INITIALIZER_CPU", help="Initializer CPU, by default.")
+    ] = "2",
+    initializer_memory: Annotated[
+        str,
+        typer.Option(envvar="LLMTRAIN_INITIALIZER_MEMORY", help="Initializer memory, by default."),
+    ] = "8Gi",
+    gpu_memory: Annotated[
+        str,
+        typer.Option(
+            envvar="LLMTRAIN_GPU_MEMORY",
+            help="Memory of one GPU (e.g. 80Gi) for jobs that set no spec.initializer.gpuMemory: "
+            "a stage whose estimate exceeds it fails before its gang starts. Empty: no check.",
+        ),
+    ] = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Log everything.")] = False,
 ) -> None:
@@ -453,12 +490,17 @@ def operator(
             worker_service_account,
             network_policy,
             metrics_from,
+            initializer=initializer,
+            initializer_cpu=initializer_cpu,
+            initializer_memory=initializer_memory,
+            gpu_memory=_gpu_memory(gpu_memory),
         ),
         policy=state.Policy(
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             scrape_grace=scrape_grace,
             permanent_grace=permanent_grace,
+            initializer=initializer,
         ),
         resync_seconds=resync_seconds,
         scrape_timeout=scrape_timeout,

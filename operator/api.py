@@ -140,6 +140,28 @@ class Monitoring(Model):
     )
 
 
+class InitializerResources(Model):
+    cpu: Quantity | None = Field(
+        None, description="CPU request and limit. Default: the operator's (chart initializer)."
+    )
+    memory: Quantity | None = Field(
+        None, description="Memory request and limit. Default: the operator's."
+    )
+
+
+class Initializer(Model):
+    resources: InitializerResources = Field(
+        default_factory=InitializerResources,
+        description="The initializer pod's resources: one CPU-only pod that fetches the "
+        "model and datasets to storage and runs the preflight before any GPU is held.",
+    )
+    gpu_memory: Quantity | None = Field(
+        None,
+        description="Memory of one GPU, e.g. 80Gi: a stage whose estimate exceeds it fails "
+        "before its gang starts. Default: the operator's `--gpu-memory`.",
+    )
+
+
 _IMMUTABLE = (
     "model",
     "stages",
@@ -239,12 +261,14 @@ class LLMTrainingJobSpec(Model):
         False, description="Remove the pods (after a checkpoint) and create none (Kueue)."
     )
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Metrics.")
+    initializer: Initializer = Field(
+        default_factory=Initializer, description="Fetching inputs and the preflight."
+    )
     probes: ProbeSpec | None = Field(
         None,
         description="Generation probes run after every stage: how the answers change from "
         "stage to stage (probes.json in each stage directory, the run report).",
     )
-
 
 
 class Phase(StrEnum):
@@ -323,7 +347,6 @@ class StageStatus(Model):
     )
 
 
-
 class LLMTrainingJobStatus(Model):
     phase: Phase = Field(Phase.Pending, description="Phase of the job.")
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
@@ -345,7 +368,6 @@ class LLMTrainingJobStatus(Model):
     initializer: InitializerStatus | None = Field(
         None, description="The initializer: inputs fetched, the preflight's figures."
     )
-
 
 
 class ObjectMeta(Model):

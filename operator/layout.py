@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtrain.operator import api
+from llmtrain.trainer import inputs
 from llmtrain.trainer.contract import FINAL, StageConfig, resolve_stages
+from llmtrain.trainer.inputs import JOB_CONFIG, InitConfig
 
 # CONVENTIONS §4: the labels the outside world sees.
 LABEL_JOB = "llmtrain.io/job"
@@ -57,6 +59,12 @@ class JobDefaults:
     # metrics port admits `metrics_from` (NetworkPolicyPeers: the operator, Prometheus).
     network_policy: bool = False
     metrics_from: tuple[dict[str, Any], ...] = ()
+    # One CPU-only initializer pod per job before the first gang (fetch inputs, preflight);
+    # its resources where the job sets none, and the GPU memory the preflight checks against.
+    initializer: bool = False
+    initializer_cpu: str = "2"
+    initializer_memory: str = "8Gi"
+    gpu_memory: int | None = None
 
 
 _DNS_LABEL_MAX = 63
@@ -149,7 +157,53 @@ def world_size(job: api.LLMTrainingJob) -> int:
 def stage_configs(
     job: api.LLMTrainingJob, defaults: JobDefaults = JobDefaults()
 ) -> list[StageConfig]:
-    """Every stage resolved, with the same model hand-off rules as the local runner."""
+    """Every stage resolved, with the same model hand-off rules as the local runner; with
+    the initializer, reading its copies of hub and s3:// inputs from storage."""
+    if defaults.initializer:
+        return init_config(job, defaults).stages
+    return _resolved(job, defaults)
+
+
+# The initializer pod's stage label: no stage can have it (stage names are lowercase).
+INIT_STAGE = "Initializer"
+INIT_CONFIG_FILE = f"{CONFIG_DIR}/{JOB_CONFIG}"
+
+
+def init_name(job: str, attempt: int) -> str:
+    """The initializer's pod and ConfigMap: `{job}-init-{attempt}` (stage objects end in
+    `-a{attempt}` or `-a{attempt}-{rank}`, so no stage's can be called that)."""
+    return _bounded(f"{job}-init-{attempt}")
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20,
+          "Gi": 2**30, "Ti": 2**40}  # fmt: skip
+
+
+def quantity_bytes(value: int | str | None) -> int | None:
+    """A memory quantity ("80Gi", "81920Mi", 8e10) in bytes."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if u and text.endswith(u)), "")
+    return int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
+
+
+def init_config(job: api.LLMTrainingJob, defaults: JobDefaults = JobDefaults()) -> InitConfig:
+    """What the initializer pod runs: the fetches, the stages as their pods will read them,
+    the GPU memory to check the estimates against (the job's, else the operator's)."""
+    spec = job.spec
+    gpu = quantity_bytes(spec.initializer.gpu_memory) or defaults.gpu_memory
+    return inputs.plan(
+        _resolved(job, defaults),
+        spec.storage.mount_path,
+        job.metadata.name,
+        namespace_of(job),
+        gpu_memory=gpu if spec.resources.gpus_per_worker > 0 else None,
+        device="cuda" if spec.resources.gpus_per_worker > 0 else "cpu",
+    )
+
+
+def _resolved(job: api.LLMTrainingJob, defaults: JobDefaults) -> list[StageConfig]:
     spec = job.spec
     return resolve_stages(
         job=job.metadata.name,

@@ -21,6 +21,8 @@ from llmtrain.operator.layout import (
     CONFIG_FILE,
     CONFIG_KEY,
     CONTAINER,
+    INIT_CONFIG_FILE,
+    INIT_STAGE,
     LABEL_ATTEMPT,
     LABEL_JOB,
     LABEL_RANK,
@@ -31,6 +33,8 @@ from llmtrain.operator.layout import (
     JobDefaults,
     attempt_name,
     head_address,
+    init_config,
+    init_name,
     labels,
     metrics_port,
     namespace_of,
@@ -41,6 +45,7 @@ from llmtrain.operator.layout import (
 )
 from llmtrain.operator.podtemplate import PodTemplate
 from llmtrain.trainer.contract import ENV_HF_TOKEN, ENV_RAY_ADDRESS, ExitCode
+from llmtrain.trainer.inputs import JOB_CONFIG, TERMINATION_LOG
 
 Manifest = dict[str, Any]
 # Time the trainer gets after SIGTERM (suspend, teardown) to write a checkpoint.
@@ -354,6 +359,83 @@ def build_stage_objects(
             for rank in range(job.spec.resources.workers)
         ),
     ]
+
+
+def build_initializer_objects(
+    job: api.LLMTrainingJob, attempt: int, defaults: JobDefaults = JobDefaults()
+) -> list[Manifest]:
+    """The job's initializer (docs/guide.md, Initializer and preflight): a ConfigMap with
+    what it runs (trainer/inputs.py InitConfig) and one CPU-only pod, before any gang. It
+    fetches hub and s3:// inputs to storage and runs the preflight; its verdict comes back
+    as the container's termination message (FallbackToLogsOnError: a crash says why too)."""
+    name = init_name(job.metadata.name, attempt)
+    lbls = {
+        **labels(job.metadata.name, INIT_STAGE, attempt),
+        LABEL_RANK: "0",
+        LABEL_ROLE: "initializer",
+    }
+    config = init_config(job, defaults).model_dump_json(by_alias=True, indent=2) + "\n"
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, name, lbls),
+        "data": {JOB_CONFIG: config},
+    }
+    r, spec = job.spec.resources, job.spec
+    own = spec.initializer.resources
+    amounts = {
+        "cpu": str(own.cpu or defaults.initializer_cpu),
+        "memory": str(own.memory or defaults.initializer_memory),
+    }
+    env = [_secret_env(ENV_HF_TOKEN, spec.model.hub_token)] if spec.model.hub_token else []
+    store = spec.storage.object_store
+    if store is not None:  # s3:// inputs are read with the job's store and its keys
+        if store.endpoint:
+            env.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint})
+        if store.access_key_id is not None:
+            env.append(_secret_env("AWS_ACCESS_KEY_ID", store.access_key_id))
+        if store.secret_access_key is not None:
+            env.append(_secret_env("AWS_SECRET_ACCESS_KEY", store.secret_access_key))
+    env += [var.manifest() for var in r.env]
+    pvc = storage_claim(job, defaults)
+    vols = [v for v in _volumes(job, INIT_STAGE, attempt, pvc) if v["name"] != "dshm"]
+    for v in vols:
+        if v["name"] == "config":
+            v["configMap"] = {"name": name}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": r.image or defaults.image,
+        "command": [
+            "llmtrain",
+            "initialize",
+            "--job-config",
+            INIT_CONFIG_FILE,
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        "env": env,
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "volumeMounts": [m for m in _mounts(job, pvc) if m["name"] != "dshm"],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if r.image_pull_policy:
+        container["imagePullPolicy"] = r.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # the operator retries, within runPolicy.backoffLimit
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": vols,
+    }
+    tpl = r.pod_template
+    if tpl is not None and tpl.spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = _dump(tpl.spec.image_pull_secrets)
+    if r.priority_class_name:
+        pod_spec["priorityClassName"] = r.priority_class_name
+    _lock_down(pod_spec, defaults.service_account)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, lbls)}
+    pod["spec"] = pod_spec
+    return [cm, pod]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -307,8 +307,44 @@ async def _apply(
             exists = [o for o, r in zip(missing, pod_results, strict=True) if r is False]
             refused += await _foreign(kube, job, exists)
             cache.ensured[d.ensure] = time.monotonic()
+    if d.ensure_init is not None:
+        refused += await _ensure_init(ctx, cache, job, d.ensure_init, pods)
     if d.delete_job:
         await kube.delete_job(ns, job.metadata.name)
+    return refused
+
+
+async def _ensure_init(
+    ctx: Context,
+    cache: JobCache,
+    job: api.LLMTrainingJob,
+    attempt: int,
+    pods: list[progress.PodView],
+) -> list[str]:
+    """Create the initializer's ConfigMap and pod (manifests.build_initializer_objects)."""
+    key = (layout.INIT_STAGE, attempt)
+    name = layout.init_name(job.metadata.name, attempt)
+    if (
+        any(p.name == name for p in pods)
+        or time.monotonic() - cache.ensured.get(key, -1e9) < RECREATE
+    ):
+        return []
+    objs = manifests.build_initializer_objects(job, attempt, ctx.options.job_defaults)
+    results = await asyncio.gather(*(ctx.kube.create(o) for o in objs), return_exceptions=True)
+    refused = []
+    for r in results:
+        why = _refusal(r) if isinstance(r, ApiException) else ""
+        if why:
+            refused.append(why)
+            log.warning("job %s: initializer refused: %s", job.metadata.name, why)
+        elif isinstance(r, BaseException):
+            raise r
+    if results[-1] is True:
+        ctx.metrics.pods_created.inc()
+        log.info(
+            "job %s/%s: created initializer %s", layout.namespace_of(job), job.metadata.name, name
+        )
+    cache.ensured[key] = time.monotonic()
     return refused
 
 

@@ -22,6 +22,7 @@ exponential backoff, until `runPolicy.backoffLimit`.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,9 @@ REASON_RESUMED = "Resumed"
 REASON_QUEUED = "Queued"
 REASON_ADMITTED = "Admitted"
 REASON_VALIDATION = "ValidationFailed"
+REASON_INIT_STARTED = "InitializerStarted"
+REASON_PREFLIGHT_PASSED = "PreflightPassed"
+REASON_PREFLIGHT = "PreflightFailed"  # the initializer found the job's data or memory wrong
 REASON_GATE_FAILED = "GateFailed"  # a stage's result metric is outside its gate
 REASON_FAILED_CREATE = "FailedCreate"  # the reason the Job and ReplicaSet controllers use
 REASON_PODS_CREATED = "PodsCreated"
@@ -117,6 +121,8 @@ class Policy:
     # fail together (a head OOM-killed takes its workers along), and a more retryable
     # failure among them wins.
     permanent_grace: float = 10.0
+    # One initializer pod (fetch inputs, preflight) before the first gang of every job.
+    initializer: bool = False
 
     def backoff(self, restarts: int) -> float:
         return float(min(self.retry_backoff * 2 ** max(restarts - 1, 0), self.retry_backoff_max))
@@ -140,6 +146,7 @@ class Failure:
 class Decision:
     status: LLMTrainingJobStatus
     ensure: tuple[str, int] | None = None  # (stage, attempt) whose objects must exist
+    ensure_init: int | None = None  # the initializer attempt whose objects must exist
     delete_pods: list[str] = field(default_factory=list)
     delete_attempts: list[tuple[str, int]] = field(default_factory=list)  # ConfigMap + Service
     delete_job: bool = False  # ttlSecondsAfterFinished has passed
@@ -248,6 +255,8 @@ def decide(
         msg = f"{len(st.stages)} stage(s): {', '.join(s.name for s in st.stages)}"
         set_condition(st, COND_CREATED, True, REASON_CREATED, msg, now)
         st.reason = REASON_CREATED
+        if policy.initializer:
+            st.initializer = api.InitializerStatus()
         if not spec.suspend and _admitted(d):
             _start_attempt(job, st, cur, 1, now, d)
 
@@ -264,6 +273,8 @@ def decide(
         _admit(job, st, cur, pods, now, d)
     elif st.phase == Phase.Suspended:
         _resume(job, st, cur, pods, now, d)
+    elif _initializing(st):
+        _init_step(job, st, cur, pods, now, policy, d)
     else:
         _step(job, st, cur, pods, now, scrape, policy, d)
     d.delete_pods = _unwanted(job, st, pods)
@@ -323,6 +334,10 @@ def _start_attempt(
     now: datetime,
     d: Decision,
 ) -> None:
+    ini = st.initializer
+    if ini is not None and ini.phase != Phase.Succeeded:  # no gang before the preflight
+        _start_init(st, ini.attempt + 1, now, d)
+        return
     cur.attempt, cur.phase = attempt, Phase.Pending
     cur.start_time = cur.start_time or fmt_time(now)
     cur.last_progress_time, cur.message, cur.retry_after = None, None, None
@@ -688,6 +703,8 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
     cur = current_stage(st)
     if cur is None:
         return []
+    init = [p for p in pods if p.stage == layout.INIT_STAGE]
+    pods = [p for p in pods if p.stage != layout.INIT_STAGE]
     order = {s.name: i for i, s in enumerate(job.spec.stages)}
     here = (order.get(cur.name, -1), cur.attempt)
     live = cur.phase in _LIVE and st.phase not in TERMINAL and st.phase != Phase.Suspended
@@ -713,7 +730,125 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
         if p.rank != 0 and (p.stage, p.attempt) in heads and not p.terminal:
             continue  # after its head
         out.append(p.name)
-    return out
+    return out + _unwanted_init(st, init)
+
+
+# ---- the initializer ---------------------------------------------------------------------
+
+
+def _initializing(st: LLMTrainingJobStatus) -> bool:
+    ini = st.initializer
+    return ini is not None and ini.attempt > 0 and ini.phase not in TERMINAL
+
+
+def _start_init(st: LLMTrainingJobStatus, attempt: int, now: datetime, d: Decision) -> None:
+    ini = st.initializer
+    assert ini is not None
+    ini.attempt, ini.phase, ini.message, ini.retry_after = attempt, Phase.Pending, None, None
+    msg = f"initializer attempt {attempt}: fetching inputs, then the preflight"
+    _set_phase(st, Phase.Initializing, REASON_INIT_STARTED, msg, now)
+    d.ensure_init = attempt
+
+
+def _init_step(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    pods: list[PodView],
+    now: datetime,
+    policy: Policy,
+    d: Decision,
+) -> None:
+    """The initializer pod's outcome: its preflight passed (the first gang starts), failed
+    (PreflightFailed, permanent: the job's own data, template or memory), or it failed
+    otherwise (retried, as a stage attempt is)."""
+    ini = st.initializer
+    assert ini is not None
+    pod = next((p for p in pods if p.stage == layout.INIT_STAGE and p.attempt == ini.attempt), None)
+    due = parse_time(ini.retry_after)
+    if ini.phase == Phase.Restarting:  # the failed pod holds nothing: no need to wait for it
+        if due is None or now >= due:
+            _start_init(st, ini.attempt + 1, now, d)
+        return
+    if pod is None:
+        if ini.phase == Phase.Running:
+            _init_failed(
+                job, st, cur, Failure(REASON_DELETED, True, "pod was deleted"), now, policy, d
+            )
+        else:
+            d.ensure_init = ini.attempt
+        return
+    if pod.phase == "Succeeded":
+        ini.phase, ini.message = Phase.Succeeded, None
+        ini.preflight = _figures(pod.message)
+        msg = "preflight passed: " + "; ".join(
+            f"{f.stage}: {f.kept} kept, {f.dropped} dropped, "
+            f"~{(f.memory_bytes or 0) / 2**30:.1f} GiB per GPU"
+            for f in ini.preflight
+        )
+        d.events.append(Event(NORMAL, REASON_PREFLIGHT_PASSED, msg))
+        _start_attempt(job, st, cur, 1, now, d)
+    elif pod.phase == "Failed" or pod.deleting:
+        failure = classify(pod)
+        if not failure.retryable and pod.message:
+            failure = Failure(REASON_PREFLIGHT, False, pod.message.strip().replace("\n", "; "))
+        _init_failed(job, st, cur, failure, now, policy, d)
+    elif pod.phase == "Running":
+        ini.phase = Phase.Running
+
+
+def _init_failed(
+    job: api.LLMTrainingJob,
+    st: LLMTrainingJobStatus,
+    cur: StageStatus,
+    failure: Failure,
+    now: datetime,
+    policy: Policy,
+    d: Decision,
+) -> None:
+    ini = st.initializer
+    assert ini is not None
+    limit = job.spec.run_policy.backoff_limit
+    where = f"initializer attempt {ini.attempt}"
+    if not failure.retryable or ini.restarts >= limit:
+        ini.phase, ini.message = Phase.Failed, failure.message
+        reason = failure.reason if not failure.retryable else REASON_BACKOFF
+        msg = f"{where}: {failure.message}"
+        if failure.retryable:
+            msg += f"; {ini.restarts} restart(s), backoffLimit is {limit}"
+        _fail(st, cur, reason, msg, now, d)
+        return
+    ini.restarts += 1
+    ini.phase, ini.message = Phase.Restarting, failure.message
+    wait = policy.backoff(ini.restarts)
+    ini.retry_after = fmt_time(now + timedelta(seconds=math.ceil(wait)))
+    msg = f"{where}: {failure.message}; retrying at {ini.retry_after}"
+    _set_phase(st, Phase.Restarting, failure.reason, msg, now)
+    d.events.append(Event(WARNING, failure.reason, msg))
+    d.restarts.append(failure.reason)
+
+
+def _figures(message: str | None) -> list[api.StagePreflight]:
+    """The preflight's figures from the initializer's termination message (compact JSON)."""
+    try:
+        rows = json.loads(message or "")["stages"]
+        return [api.StagePreflight.model_validate(r) for r in rows]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def _unwanted_init(st: LLMTrainingJobStatus, pods: list[PodView]) -> list[str]:
+    """Initializer pods to remove: older attempts, and a live one the job no longer waits
+    for (suspended, failed). The last attempt's finished pod stays, for its logs."""
+    ini = st.initializer
+    attempt = ini.attempt if ini else 0
+    waiting = _initializing(st) and st.phase not in (Phase.Suspended, *TERMINAL)
+    return [
+        p.name
+        for p in pods
+        if not p.deleting
+        and (p.attempt < attempt or (p.attempt == attempt and not p.terminal and not waiting))
+    ]
 
 
 # ---- progress ----------------------------------------------------------------------------

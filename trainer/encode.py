@@ -97,6 +97,8 @@ def tokenize(
     def batch(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "status": []}
         for i in range(len(next(iter(rows.values())))):
+            ids: list[int] | None
+            labels: list[int] | None
             ids, labels = one({k: v[i] for k, v in rows.items()})
             if fmt != DataFormat.text:  # text is chunked into blocks later: never too long
                 ids, labels, status = _fit(ids, labels, max_len, drop)

@@ -245,6 +245,8 @@ def _run_job(
     from llmtrain.trainer.report import write_report
 
     job_dir: Path = workdir.resolve() / job.metadata.name
+    if not all(p.skip for p in plans):  # fetch inputs, preflight: before any stage runs
+        _initialize(job, plans, workdir)
     for i, p in enumerate(plans):
         if p.skip:
             view.stage_skipped(p.config)
@@ -261,6 +263,20 @@ def _run_job(
     write_report(job_dir, [p.config for p in plans])
     view.note(f"report: {job_dir / 'report.md'}")
     return job_dir
+
+
+def _initialize(job: Any, plans: list[StagePlan], workdir: Path) -> None:
+    """The job's initializer (trainer/initializer.py), as a pod runs it on a cluster."""
+    from llmtrain.trainer import initializer
+
+    configs = [p.config for p in plans]
+    try:
+        staged = initializer.local(configs, workdir.resolve(), job.metadata.name, "local")
+    except initializer.InitializeFailed as e:
+        lines = ["preflight failed:"] + [f"  {p}" for p in e.problems]
+        raise RunError(lines, code=e.code) from None
+    for p, cfg in zip(plans, staged, strict=True):
+        p.config = cfg
 
 
 def stage_gates(cfg: StageConfig) -> list[dict[str, Any]]:

@@ -68,6 +68,8 @@ class OperatorProcess:
             "2",
             "--permanent-grace",
             "3",
+            # Jobs go straight to their gang; tests of the initializer pass --initializer.
+            "--no-initializer",
             "--metrics-bind",
             f"127.0.0.1:{self.metrics_port}",
             "--health-bind",
