@@ -20,12 +20,22 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from llmtrain.trainer.contract import ExitCode, hub_token, write_json
+from llmtrain.trainer import inputs
+from llmtrain.trainer.contract import (
+    RESULT,
+    ExitCode,
+    StageConfig,
+    hub_token,
+    read_json,
+    write_json,
+)
 from llmtrain.trainer.inputs import TERMINATION_MAX, Fetch, InitConfig
 
 log = logging.getLogger("llmtrain.initializer")
@@ -73,7 +83,7 @@ def summary(figures: list[dict[str, Any]]) -> dict[str, Any]:
     """The figures, compact: what the termination message carries into the job status."""
     out = []
     for f in figures:
-        row = {k: f[k] for k in ("stage", "kept", "truncated") if k in f}
+        row: dict[str, Any] = {k: f[k] for k in ("stage", "kept", "truncated") if k in f}
         row["dropped"] = sum(f.get("dropped", {}).values())
         row.update({f"tokens{k.title()}": v for k, v in (f.get("tokens") or {}).items()})
         if f.get("memory"):
@@ -167,3 +177,59 @@ def _hub_dataset(f: Fetch, tmp: Path) -> str | None:
         raise Retry(f"{f.source}: {e}") from e
     datasets.DatasetDict(parts).save_to_disk(str(tmp))
     return None
+
+
+def local(
+    configs: list[StageConfig], storage_root: Path, job: str, namespace: str
+) -> list[StageConfig]:
+    """`llmtrain run`'s initializer: the same `llmtrain initialize`, as a child process (the
+    runner never imports torch); returns the stage configs reading the fetched copies, or
+    raises InitializeFailed with the preflight's problems."""
+    init = inputs.plan(configs, str(storage_root), job, namespace, device="cpu")
+    out = Path(init.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / inputs.JOB_CONFIG
+    path.write_text(init.model_dump_json(by_alias=True, indent=2))
+    script = Path(sys.executable).parent / "llmtrain"
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "llmtrain.cli.main"]
+    with (out / "initializer.log").open("w") as log_file:
+        code = subprocess.call(
+            [*base, "initialize", "--job-config", str(path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    if code:
+        problems = read_json(Path(init.result)).get("problems") or []
+        raise InitializeFailed(code, problems or [f"see {out / 'initializer.log'}"])
+    return init.stages
+
+
+class InitializeFailed(Exception):
+    def __init__(self, code: int, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.code, self.problems = code, problems
+
+
+def report_lines(job_dir: Path) -> list[str]:
+    """## Preflight for report.md: per stage, examples kept and dropped, token percentiles,
+    the memory estimate (from the initializer's result.json)."""
+    stages = read_json(job_dir / inputs.INIT_DIR / RESULT).get("stages") or []
+    if not stages:
+        return []
+    out = [
+        "## Preflight",
+        "",
+        "| stage | kept | dropped | truncated | tokens p50 / p90 / p99 / max | memory per worker |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in stages:
+        dropped = ", ".join(f"{k} {v}" for k, v in (s.get("dropped") or {}).items() if v) or "0"
+        tok = s.get("tokens") or {}
+        lengths = " / ".join(str(tok.get(k, "-")) for k in ("p50", "p90", "p99", "max"))
+        mem = s.get("memory") or {}
+        est = f"{mem['total'] / 2**30:.2f} GiB" if mem else "-"
+        out.append(
+            f"| {s['stage']} | {s.get('kept', '-')} | {dropped} | {s.get('truncated', '-')} "
+            f"| {lengths} | {est} |"
+        )
+    return [*out, ""]

@@ -95,8 +95,9 @@ def shapes_of(config: Any) -> Shapes:
     import torch
     from transformers import AutoModelForCausalLM
 
+    auto: Any = AutoModelForCausalLM  # untyped in transformers
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = auto.from_config(config)
     out_head = model.get_output_embeddings()
     linears = tuple(
         (name, m.in_features, m.out_features)
@@ -118,7 +119,9 @@ def load_shapes(source: str | None, architecture: dict[str, Any] | None, **kw: A
     """Shapes of a model directory or hub id, or of an `architecture` dict."""
     from transformers import AutoConfig
 
-    if architecture and not source:
+    if not source:
+        if not architecture:
+            raise ValueError("set model.source or model.architecture")
         return shapes_of(AutoConfig.for_model(**architecture))
     return shapes_of(AutoConfig.from_pretrained(source, **kw))
 

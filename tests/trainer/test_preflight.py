@@ -162,3 +162,44 @@ def test_the_initializer_fetches_a_dataset_from_s3(assets: Assets, tmp_path: Pat
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == ExitCode.PERMANENT
     assert "spec.stages[0].dataset.source: s3://" in proc.stderr and "no such object" in proc.stderr
+
+
+def test_llmtrain_run_stops_at_the_preflight_before_any_stage(
+    assets: Assets, tmp_path: Path
+) -> None:
+    import yaml
+
+    from llmtrain.trainer import tiny
+
+    rows = [json.loads(line) for line in assets.chats.read_text().splitlines()[:20]]
+    rows[3]["messages"] = rows[3]["messages"][:2]  # system + user: nothing to learn
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = {
+        "apiVersion": "llmtrain.io/v1alpha1",
+        "kind": "LLMTrainingJob",
+        "metadata": {"name": "pf"},
+        "spec": {
+            "model": {
+                "architecture": tiny.ARCHITECTURE,
+                "tokenizer": {"source": str(assets.tokenizer)},
+            },
+            "stages": [
+                {
+                    "name": "sft",
+                    "type": "sft",
+                    "dataset": {"source": str(data), "format": "messages"},
+                }
+            ],
+        },
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    proc = subprocess.run(
+        [str(LLMTRAIN), "run", str(tmp_path / "job.yaml"), "--workdir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == ExitCode.PERMANENT, proc.stdout + proc.stderr
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "preflight failed:" in out and "spec.stages[0].dataset:" in out and "row(s) 3" in out
+    assert not (tmp_path / "runs/pf/sft/stage.json").exists()  # no stage started
