@@ -58,6 +58,7 @@ bench: $(STAMP)
 controlplane:
 	bash tests/controlplane/build.sh
 	bash tests/controlplane/nodebuild/build.sh
+	bash tests/s3/build.sh
 
 # The operator and trainer images, built from the Dockerfiles on a local Debian base and loaded
 # into the test node's containerd (tests/images/build.sh; cached by a hash of their inputs).

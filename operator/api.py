@@ -33,7 +33,7 @@ from llmtrain.trainer.config import (
     cel,
     stage_problems,
 )
-from llmtrain.trainer.contract import Progress
+from llmtrain.trainer.contract import ObjectStoreConfig, Progress
 
 GROUP = "llmtrain.io"
 VERSION = "v1alpha1"
@@ -90,13 +90,23 @@ class Resources(Model):
     )
 
 
-class ObjectStore(Model):
-    uri: str = Field(
-        pattern=r"^(s3|gs|az)://.+", description="Bucket URI for checkpoints and outputs."
+# The stage config's bucket settings, plus where the pods get the credentials.
+class ObjectStore(ObjectStoreConfig):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            (
+                "has(self.accessKeyId) == has(self.secretAccessKey)",
+                "set accessKeyId and secretAccessKey together",
+            ),
+        )
     )
-    endpoint: str | None = Field(None, description="Custom S3 endpoint (MinIO, Ceph).")
-    access_key_id: SecretKeyRef | None = Field(None, description="Secret with the access key id.")
-    secret_access_key: SecretKeyRef | None = Field(None, description="Secret with the secret key.")
+
+    access_key_id: SecretKeyRef | None = Field(
+        None, description="Secret with the access key id (AWS_ACCESS_KEY_ID in the pods)."
+    )
+    secret_access_key: SecretKeyRef | None = Field(
+        None, description="Secret with the secret key (AWS_SECRET_ACCESS_KEY in the pods)."
+    )
 
 
 class PVCStorage(Model):
@@ -112,7 +122,9 @@ class Storage(Model):
     )
 
     pvc: PVCStorage | None = Field(None, description="Shared volume for checkpoints and outputs.")
-    object_store: ObjectStore | None = Field(None, description="Object store for outputs.")
+    object_store: ObjectStore | None = Field(
+        None, description="S3 API bucket for checkpoints and outputs (docs/guide.md)."
+    )
     mount_path: str = Field("/storage", pattern=r"^/", description="Where workers mount storage.")
 
 
@@ -549,6 +561,11 @@ def _resource_problems(resources: Resources | None, storage: Storage | None) -> 
     out: list[Problem] = []
     if storage is not None and storage.pvc is not None and storage.object_store is not None:
         out.append(Problem("spec.storage", "set pvc or objectStore, not both"))
+    store = storage.object_store if storage is not None else None
+    if store is not None and (store.access_key_id is None) != (store.secret_access_key is None):
+        out.append(
+            Problem("spec.storage.objectStore", "set accessKeyId and secretAccessKey together")
+        )
     if resources is None:
         return out
     for i, var in enumerate(resources.env):

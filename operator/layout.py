@@ -215,6 +215,7 @@ def _resolved(job: api.LLMTrainingJob, defaults: JobDefaults) -> list[StageConfi
         distributed=spec.distributed,
         checkpointing=spec.checkpointing,
         metrics_port=metrics_port(job, defaults),
+        object_store=spec.storage.object_store,
         probes=spec.probes,
     )
 

@@ -44,7 +44,13 @@ from llmtrain.operator.layout import (
     storage_claim,
 )
 from llmtrain.operator.podtemplate import PodTemplate
-from llmtrain.trainer.contract import ENV_HF_TOKEN, ENV_RAY_ADDRESS, ExitCode
+from llmtrain.trainer.contract import (
+    ENV_AWS_ACCESS_KEY_ID,
+    ENV_AWS_SECRET_ACCESS_KEY,
+    ENV_HF_TOKEN,
+    ENV_RAY_ADDRESS,
+    ExitCode,
+)
 from llmtrain.trainer.inputs import JOB_CONFIG, TERMINATION_LOG
 
 Manifest = dict[str, Any]
@@ -112,14 +118,11 @@ def _env(job: api.LLMTrainingJob, stage: str, attempt: int) -> list[dict[str, An
     if spec.model.hub_token is not None:
         env.append(_secret_env(ENV_HF_TOKEN, spec.model.hub_token))
     store = spec.storage.object_store
-    if store is not None:
-        env.append({"name": "LLMTRAIN_OBJECT_STORE_URI", "value": store.uri})
-        if store.endpoint:
-            env.append({"name": "AWS_ENDPOINT_URL", "value": store.endpoint})
+    if store is not None:  # the bucket, endpoint and region are in the stage config
         if store.access_key_id is not None:
-            env.append(_secret_env("AWS_ACCESS_KEY_ID", store.access_key_id))
+            env.append(_secret_env(ENV_AWS_ACCESS_KEY_ID, store.access_key_id))
         if store.secret_access_key is not None:
-            env.append(_secret_env("AWS_SECRET_ACCESS_KEY", store.secret_access_key))
+            env.append(_secret_env(ENV_AWS_SECRET_ACCESS_KEY, store.secret_access_key))
     env += [var.manifest() for var in spec.resources.env]
     return env
 

@@ -53,3 +53,24 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600, **env: str):
         timeout=timeout,
         env={**os.environ, **env},
     )
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS, tests/s3server.py) on loopback, once per session; its
+    binary is built from the Go module proxy on first use (tests/s3/build.sh, then cached).
+    Without Go the tests that use it are skipped, except under CI=true, where they fail."""
+    from tests import s3server
+
+    ci = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+    try:
+        bin_dir = s3server.build()
+    except s3server.GoMissing as e:
+        if ci:
+            pytest.fail(f"CI=true and the S3 server cannot be built: {e}", pytrace=False)
+        pytest.skip(f"needs Go to build the S3 server (tests/s3/build.sh): {e}")
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"tests/s3/build.sh failed:\n{(e.stderr or '')[-6000:]}", pytrace=False)
+    server = s3server.S3Server(bin_dir, tmp_path_factory.mktemp("s3"))
+    with server:
+        yield server

@@ -16,31 +16,48 @@ A crash mid-save leaves only `.staging/`, which the next start deletes. The HF T
 the data position itself by skipping the batches already seen in the epoch. final/ and merged/
 follow the same rule: written under a temporary name, marked, then renamed. The names are
 the contract's (docs/contracts.md §3). Runs in the Ray Train workers; the driver only cleans.
+
+With an object store (StageConfig.object_store) the stage directory has a copy in the bucket,
+kept by `Mirror`: rank 0 uploads each checkpoint after renaming it, in a background thread
+while training goes on (the marker last, then the bucket is pruned to `keep` too; the next
+save, and the end of training, wait for it); the driver pulls the newest complete checkpoint
+and an s3:// input model before training, and pushes final/, merged/, progress.json and
+metrics.jsonl at the end, result.json last.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmtrain.trainer import adapters, models
+from llmtrain.trainer import adapters, models, objectstore
 from llmtrain.trainer.config import PeftMethod
 from llmtrain.trainer.contract import (
+    CHECKPOINTS,
     COMPLETE,
     FINAL,
     MERGED,
+    METRICS,
+    PROGRESS,
+    RESULT,
     STAGING,
+    StageConfig,
     checkpoint_name,
     checkpoint_step,
+    stage_uri,
 )
 
 if TYPE_CHECKING:
     from llmtrain.trainer.stages import StageContext
+
+log = logging.getLogger(__name__)
 
 
 def complete(root: str | Path) -> list[tuple[int, Path]]:
@@ -99,8 +116,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-def make_atomic(trainer: Any, keep: int) -> Any:
-    """Make `trainer` (a transformers.Trainer or subclass) save checkpoints atomically."""
+def make_atomic(trainer: Any, keep: int, mirror: Mirror | None = None) -> Any:
+    """Make `trainer` (a transformers.Trainer or subclass) save checkpoints atomically, and
+    upload each one to `mirror`'s bucket."""
     base = type(trainer)
 
     class AtomicCheckpoints(base):  # type: ignore[misc, valid-type]
@@ -121,6 +139,8 @@ def make_atomic(trainer: Any, keep: int) -> Any:
             barrier()  # every rank has written its shards (DeepSpeed, RNG state)
             if self.args.process_index == 0:
                 commit(root / STAGING / name, root / name, {"step": self.state.global_step})
+                if mirror is not None:
+                    mirror.push_checkpoint(root / name, keep)
                 prune(root, keep)
                 with contextlib.suppress(OSError):  # only when empty: nothing else is staged
                     (root / STAGING).rmdir()
@@ -152,3 +172,93 @@ def save_final(ctx: StageContext, trainer: Any) -> dict[str, Any]:
         barrier()
         result["merged"] = str(out / MERGED)
     return result
+
+
+class Mirror:
+    """The stage directory's copy in the object store (`{uri}/{job}/{stage}`)."""
+
+    def __init__(self, cfg: StageConfig) -> None:
+        assert cfg.object_store is not None
+        self.store = objectstore.connect(cfg.object_store)
+        self.uri = stage_uri(cfg) or ""
+        self.local = Path(cfg.output_dir)
+        # The storage root: `{root}/{job}/{stage}` locally is `{store uri}/{job}/{stage}`.
+        self.root = self.local.parent.parent
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-upload")
+        self._pending: Future[None] | None = None
+
+    @classmethod
+    def of(cls, cfg: StageConfig) -> Mirror | None:
+        return cls(cfg) if cfg.object_store is not None else None
+
+    def push_checkpoint(self, path: Path, keep: int) -> None:
+        """Upload `path` in the background while training goes on. The previous upload
+        finishes first: one at a time, and before the local prune may delete its folder."""
+        self.wait()
+        self._pending = self._uploader.submit(self._push, path, keep)
+
+    def wait(self) -> None:
+        """Block until the checkpoint upload in flight is stored; raise what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _push(self, path: Path, keep: int) -> None:
+        t0 = time.monotonic()
+        sent = self.store.upload_dir(path, f"{self.uri}/{CHECKPOINTS}/{path.name}")
+        self.store.prune(f"{self.uri}/{CHECKPOINTS}", keep)
+        log.info("uploaded %s (%.1f MB) in %.2fs", path.name, sent / 1e6, time.monotonic() - t0)
+
+    def pull_checkpoint(self) -> Path | None:
+        """Download the bucket's newest complete checkpoint unless the local one is as new."""
+        found = self.store.complete(f"{self.uri}/{CHECKPOINTS}")
+        if not found:
+            return None
+        step, uri = found[-1]
+        have = latest(self.local / CHECKPOINTS)
+        if have is not None and (checkpoint_step(have.name) or 0) >= step:
+            return have
+        t0 = time.monotonic()
+        target = self.local / CHECKPOINTS / checkpoint_name(step)
+        self.store.download(uri, target)
+        log.info("downloaded %s in %.2fs", uri, time.monotonic() - t0)
+        return target
+
+    def pull_result(self) -> bool:
+        """True (and result.json copied here) when the stage already finished."""
+        return self.store.download(f"{self.uri}/{RESULT}", self.local / RESULT)
+
+    def pull_model(self, source: str | None) -> str | None:
+        """An s3:// model inside the store: downloaded to the same place under the local
+        root, with the bases of an adapter chain (which name their pod paths); else as is."""
+        base = self.store.config.uri.rstrip("/")
+        if not source or not source.startswith(base + "/"):
+            return source
+        local = self.root / source[len(base) + 1 :]
+        if not (local / COMPLETE).is_file() and not self.store.download(source, local):
+            raise ValueError(f"{source}: not found in the object store (did its stage run?)")
+        path = str(local)
+        while models.is_adapter_dir(path):
+            parent = Path(models.adapter_base(path))
+            inside = parent.is_absolute() and parent.is_relative_to(self.root)
+            if not inside or parent.exists():
+                break
+            self.store.download(f"{base}/{parent.relative_to(self.root)}", parent)
+            path = str(parent)
+        return str(local)
+
+    def push_logs(self) -> None:
+        for name in (PROGRESS, METRICS):
+            if (self.local / name).is_file():
+                self.store.upload_file(self.local / name, f"{self.uri}/{name}")
+
+    def push_outputs(self) -> None:
+        """final/ and merged/ (their markers last), progress and metrics; result.json comes
+        after these, from `push_result`."""
+        for name in (FINAL, MERGED):
+            if (self.local / name).is_dir():
+                self.store.upload_dir(self.local / name, f"{self.uri}/{name}")
+        self.push_logs()
+
+    def push_result(self) -> None:
+        self.store.upload_file(self.local / RESULT, f"{self.uri}/{RESULT}")

@@ -38,6 +38,9 @@ from llmtrain.trainer import checkpoint, models, ray_setup, stages
 from llmtrain.trainer.config import STAGE_RULES, StageType, stage_problems
 from llmtrain.trainer.contract import (
     CHECKPOINTS,
+    ENV_AWS_ACCESS_KEY_ID,
+    ENV_AWS_SECRET_ACCESS_KEY,
+    ENV_AWS_SESSION_TOKEN,
     ENV_HF_TOKEN,
     ENV_RAY_ADDRESS,
     FINAL,
@@ -52,6 +55,7 @@ from llmtrain.trainer.contract import (
 from llmtrain.trainer.metrics import Monitor
 
 log = logging.getLogger(__name__)
+ENV_AWS = (ENV_AWS_ACCESS_KEY_ID, ENV_AWS_SECRET_ACCESS_KEY, ENV_AWS_SESSION_TOKEN)
 
 
 class StageError(RuntimeError):
@@ -167,7 +171,8 @@ def _worker_env(use_gpu: bool) -> dict[str, str]:
     }
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator, gloo collectives
-    for name in (ENV_HF_TOKEN, "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    names = (ENV_HF_TOKEN, "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", *ENV_AWS)
+    for name in names:
         if name in os.environ:
             env[name] = os.environ[name]
     return env
@@ -181,6 +186,10 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     cfg = localise(cfg)  # Ray workers run in another working directory
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    mirror = checkpoint.Mirror.of(cfg)  # the object store's copy of `out`, if any
+    if mirror is not None:
+        mirror.store.check()  # wrong credentials: a permanent error naming the bucket, now
+        mirror.pull_result()
     if (out / RESULT).exists():
         log.info("stage %s already finished: %s", cfg.stage.name, out / RESULT)
         return read_json(out / RESULT)
@@ -195,6 +204,10 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     removed = checkpoint.clean(out / CHECKPOINTS)
     if removed:
         log.warning("removed incomplete checkpoints: %s", ", ".join(p.name for p in removed))
+    if mirror is not None:
+        mirror.pull_checkpoint()
+        cfg.input_model = mirror.pull_model(cfg.input_model)
+        cfg.reward_model = mirror.pull_model(cfg.reward_model)
     resume = checkpoint.latest(out / CHECKPOINTS)
     log.info("stage %s (%s): %s", cfg.stage.name, cfg.stage.type,
              f"resuming from {resume.name}" if resume else "starting")  # fmt: skip
@@ -225,6 +238,8 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     monitor.start()
     with contextlib.ExitStack() as stack:
         signals = stack.enter_context(_stop_on_signals(stop_file))
+        if mirror is not None:  # progress and metrics reach the bucket however the stage ends
+            stack.callback(_push_logs, mirror)
         stack.callback(queue.shutdown)
         stack.callback(monitor.stop)
         outcome = _fit(cfg, out, queue, use_gpu, per_worker)
@@ -252,7 +267,11 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     from llmtrain.trainer import evaluate  # the gates' metrics: losses, probes
 
     result["metrics"] = evaluate.after_stage(cfg, result)
+    if mirror is not None:
+        mirror.push_outputs()
     write_json(out / RESULT, result)
+    if mirror is not None:
+        mirror.push_result()  # last: a stage with result.json in the bucket is done
     log.info("stage %s done: %d steps, loss %s -> %s", cfg.stage.name, result["steps"],
              result.get("final_loss"), result["output"])  # fmt: skip
     return result
@@ -285,6 +304,13 @@ def _fit(
         return trainer.fit()
     except Exception as e:
         raise _failed(cfg, e) from e
+
+
+def _push_logs(mirror: checkpoint.Mirror) -> None:
+    try:
+        mirror.push_logs()
+    except OSError as e:  # the stage's own outcome matters more
+        log.warning("could not upload progress and metrics: %s", e)
 
 
 def _problems(cfg: StageConfig) -> list[str]:

@@ -158,11 +158,14 @@ def train_worker(config: dict[str, Any]) -> Any:
     patience = cfg.stage.hyperparameters.early_stopping_patience
     if patience and evaluation is not None:
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=patience))
-    trainer = prepare_trainer(checkpoint.make_atomic(trainer, cfg.checkpointing.keep))
+    mirror = checkpoint.Mirror.of(cfg)  # rank 0 uploads each checkpoint to the bucket
+    trainer = prepare_trainer(checkpoint.make_atomic(trainer, cfg.checkpointing.keep, mirror))
     resume = checkpoint.latest(kwargs["output_dir"])
     if resume is not None:
         log.info("resuming from %s", resume)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if mirror is not None:
+        mirror.wait()  # the last checkpoint is in the bucket before the stage goes on or stops
     if stop.stopped:  # interrupted: the checkpoint is the output; final/ comes when resumed
         return trainer
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]

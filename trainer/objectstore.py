@@ -49,6 +49,7 @@ _DENIED = (
     "AccessDenied",
     "NoSuchBucket",
     "HTTP response code: 403",
+    "HTTP status 403",
 )
 _CHUNK = 8 << 20
 

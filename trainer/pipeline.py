@@ -87,6 +87,8 @@ def plan(
         checkpointing=spec.checkpointing,
         metrics_port=metrics_port,
         probes=spec.probes,
+        # Credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY here (docs/guide.md).
+        object_store=spec.storage.object_store,
     )
     # Relative paths in a job file mean the job file's folder, wherever `llmtrain run` runs.
     base = job_file.resolve().parent

@@ -31,7 +31,13 @@ def table_rows(text: str) -> list[list[str]]:
 
 def test_environment_table_matches_the_contract() -> None:
     names = {m for row in table_rows(section(2)) for m in re.findall(r"`([A-Z_]+)`", row[0])}
-    assert names == {contract.ENV_RAY_ADDRESS, contract.ENV_HF_TOKEN}
+    assert names == {
+        contract.ENV_RAY_ADDRESS,
+        contract.ENV_HF_TOKEN,
+        contract.ENV_AWS_ACCESS_KEY_ID,
+        contract.ENV_AWS_SECRET_ACCESS_KEY,
+        contract.ENV_AWS_SESSION_TOKEN,
+    }
 
 
 def test_stage_directory_table_names_the_contract_paths() -> None:

@@ -243,10 +243,22 @@ def test_object_store_uses_scratch_and_secret_credentials() -> None:
     )
     pod = manifests.build_worker_pod(job, "sft", 1, 0)
     e = env(pod)
-    assert e["LLMTRAIN_OBJECT_STORE_URI"] == "s3://bucket/llm"
-    assert e["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    # Credentials in the variables the trainer reads (contract.ENV_AWS_*), nothing else: the
+    # bucket settings travel in the stage config (tests/trainer/test_objectstore.py runs both
+    # against a real S3 server).
     assert e["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "id"}}
     assert e["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    assert not {k for k in e if "OBJECT_STORE" in k or k == "AWS_ENDPOINT_URL"}
+    cm = manifests.build_config_map(job, "dpo", 1)
+    cfg = StageConfig.model_validate_json(next(iter(cm["data"].values())))
+    assert cfg.object_store is not None
+    assert cfg.object_store.model_dump() == {
+        "uri": "s3://bucket/llm",
+        "endpoint": "http://minio:9000",
+        "region": None,
+        "path_style": True,
+    }
+    assert cfg.input_model == "s3://bucket/llm/chat/sft/final"  # the hand-off, via the bucket
     storage = next(v for v in pod["spec"]["volumes"] if v["name"] == "storage")
     assert storage == {"name": "storage", "emptyDir": {}}
     assert layout.stage_output(job, "sft") == "s3://bucket/llm/chat/sft/final"
