@@ -90,7 +90,7 @@ class S3Server:
             str(self.weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
             f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64", f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
-            "-volume.max=20", "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
+            "-volume.max=200", "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
             f"-filer.localSocket={self.dir}/filer.sock", "-s3", f"-s3.port={p[6]}",
             f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={config}", f"-s3.localSocket={self.dir}/s3.sock",

@@ -39,11 +39,11 @@ LLMTRAIN = str(Path(sys.executable).parent / "llmtrain")
 def bucket(s3: Any) -> Iterator[ObjectStoreConfig]:
     """A fresh bucket, and the server's credentials in this process's environment (what the
     operator's secretKeyRefs, or a user's shell, provide)."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    s3.make_bucket(name)
+    # One bucket, a fresh prefix per test: SeaweedFS gives each bucket its own volumes.
+    s3.make_bucket("llmtrain")
     saved = {k: os.environ.get(k) for k in s3.env()}
     os.environ.update(s3.env())
-    yield ObjectStoreConfig(uri=f"s3://{name}/runs", endpoint=s3.endpoint)
+    yield ObjectStoreConfig(uri=f"s3://llmtrain/{uuid.uuid4().hex[:12]}", endpoint=s3.endpoint)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -142,7 +142,8 @@ def test_a_killed_stage_resumes_from_the_buckets_newest_complete_checkpoint(
             assert time.time() < deadline, "no checkpoint in the bucket within 300 s"
             time.sleep(0.3)
     finally:  # the pod is gone, and its disk with it
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     _wait_for_ray_train_workers_to_end()
     done = _bucket_steps(store, ckpts)
