@@ -33,7 +33,7 @@ def _init(tmp: Path, *configs: Any, gpu_memory: int | None = None) -> Path:
     return path
 
 
-def _chat(assets: Assets, tmp: Path, source: Path, **hp: Any) -> Any:
+def _chat(assets: Assets, tmp: Path, source: Path | str, **hp: Any) -> Any:
     return stage_config(
         assets, tmp / "sft", "sft", {"source": str(source), "format": "messages"},
         hyperparameters=hp or None,
@@ -139,7 +139,7 @@ def test_the_initializer_fetches_a_dataset_from_s3(assets: Assets, tmp_path: Pat
     with fs.open_output_stream(f"{bucket}/data/chats.jsonl") as f:
         f.write(assets.chats.read_bytes())
     uri = f"s3://{bucket}/data/chats.jsonl"
-    init = inputs.plan([_chat(assets, tmp_path, Path(uri))], str(tmp_path / "st"), "tiny")
+    init = inputs.plan([_chat(assets, tmp_path, uri)], str(tmp_path / "st"), "tiny")
     init.device = "cpu"
     (fetch,) = init.fetches
     assert (
