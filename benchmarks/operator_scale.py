@@ -188,6 +188,9 @@ def run_direct(c: Any, core: Any, ns: str, n: int, workers: int, rate: float, th
             # Not ours to reconcile: an operator must not take these pods for its own.
             labels = obj["metadata"]["labels"]
             labels["bench.llmtrain.io/job"] = labels.pop(layout.LABEL_JOB)
+            selector = obj.get("spec", {}).get("selector")  # the Service still selects them
+            if isinstance(selector, dict) and layout.LABEL_JOB in selector:
+                selector["bench.llmtrain.io/job"] = selector.pop(layout.LABEL_JOB)
             fns[obj["kind"]](ns, obj, _preload_content=False)
 
     load = ApiserverLoad(c)

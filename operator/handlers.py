@@ -123,7 +123,7 @@ async def ensure_peering(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: 
         }
         try:
             plural = kind.lower() + "s"
-            await ctx.kube.create_custom(PEERING_GROUP, PEERING_VERSION, plural, body, ns)
+            await ctx.kube.create_before_login(PEERING_GROUP, PEERING_VERSION, plural, body, ns)
         except ApiException as e:
             if e.status not in (403, 404, 409):  # no RBAC, no CRD, exists: all fine here
                 raise

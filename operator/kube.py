@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import kopf
 from kopf._cogs.clients import api as kopf_api
+from kopf._cogs.clients import auth as kopf_auth
 from kopf._cogs.clients import errors as kopf_errors
 from kubernetes.client.exceptions import ApiException
 
@@ -80,7 +81,12 @@ class Kube:
         self._timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
 
     async def _call(
-        self, method: str, url: str, payload: Body | None = None, merge: bool = False
+        self,
+        method: str,
+        url: str,
+        payload: Body | None = None,
+        merge: bool = False,
+        **context: Any,
     ) -> Any:
         async with self._limit:
             try:
@@ -94,6 +100,7 @@ class Kube:
                     backoffs=(),
                     settings=self.settings,
                     logger=log,
+                    **context,
                 )
             except kopf_errors.APIError as e:
                 raise api_exception(e) from e
@@ -138,6 +145,21 @@ class Kube:
         self, group: str, version: str, plural: str, body: Body, namespace: str | None = None
     ) -> None:
         await self._call("post", path(f"apis/{group}/{version}", plural, namespace), body)
+
+    async def create_before_login(
+        self, group: str, version: str, plural: str, body: Body, namespace: str | None = None
+    ) -> None:
+        """create_custom() for kopf's startup handlers: kopf logs in only once they are
+        done, so this logs in itself, as kopf will (login_via_client), for this call."""
+        info = kopf.login_via_client(logger=log, settings=self.settings)
+        if info is None:
+            raise kopf.PermanentError("no credentials: neither in-cluster nor a kubeconfig")
+        context = kopf_auth.APIContext(info)
+        try:
+            url = path(f"apis/{group}/{version}", plural, namespace)
+            await self._call("post", url, body, context=context)
+        finally:
+            await context.session.close()
 
     async def get_pod(self, namespace: str, name: str) -> Body | None:
         try:
