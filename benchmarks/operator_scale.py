@@ -213,7 +213,9 @@ def start_operator(
     if traced:  # the same, under tracemalloc (benchmarks/traced.py)
         prefix = str(workdir / f"tracemalloc-{ns}")
         argv = [sys.executable, "-m", "benchmarks.traced", prefix, *argv[1:]]
-    argv += ["--standalone", "--metrics-bind", "", "--health-bind", f"127.0.0.1:{port}", *extra]
+    argv += ["--standalone", "--metrics-bind", "", "--health-bind", f"127.0.0.1:{port}"]
+    # No initializer pod: the direct side creates none, and kwok would never finish one.
+    argv += ["--no-initializer", *extra]
     log = (workdir / f"operator-{ns}.log").open("wb")
     op = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
