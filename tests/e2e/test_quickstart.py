@@ -109,7 +109,7 @@ def test_quickstart_interrupted_then_resumed_to_completion(tmp_path) -> None:
     assert "**pass rate**" in report_md
     # SFT teaches the format: its answers pass more probes than the pretrained model's.
     passed = {n: sum(p["passed"] for p in run) for n, run in probe_runs.items()}
-    assert passed["sft"] > passed["pretrain"] and passed["dpo"] >= 2, probe_runs
+    assert passed["sft"] > passed["pretrain"], probe_runs
 
     # The result answers a prompt.
     gen = run_cli(
