@@ -393,6 +393,7 @@ def test_alert_rules_are_the_five_plus_reconcile_errors() -> None:
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {
         "LLMTrainJobFailed",
+        "LLMTrainGateFailed",
         "LLMTrainStageStalled",
         "LLMTrainNoProgress",
         "LLMTrainRestartsClimbing",

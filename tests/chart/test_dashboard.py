@@ -82,13 +82,18 @@ def test_operator_metrics_have_the_operator_prefix() -> None:
     from llmtrain.operator.metrics import OperatorMetrics
 
     operator, everything = contract_metrics("5."), contract_metrics()
-    assert operator and all(m.startswith("llmtrain_operator_") for m in operator)
+    # The one exception: gate results describe the model (from the jobs' status), as issue
+    # #17 names it; docs/contracts.md §5 says so.
+    own = operator - {"llmtrain_gate_passed"}
+    assert own and all(m.startswith("llmtrain_operator_") for m in own)
     assert not any(m.startswith("llmtrain_operator_") for m in everything - operator)
     m = OperatorMetrics()
     m.job_phase("ns", "j", "Running")
     m.stage_restarts.labels(namespace="ns", job="j", reason="PodFailed").inc()
     m.reconciles.labels(result="ok").inc()
     m.stage_duration.labels(type="sft").observe(1)
+    m.queued_seconds.labels(namespace="ns", job="j").inc(3)
+    m.gates("ns", "j", [("sft", "evalLoss", True)])
     samples = {
         s.name for f in m.registry.collect() for s in f.samples if not s.name.endswith("_created")
     }
@@ -169,7 +174,12 @@ def test_variables_used_are_defined(dash: dict[str, Any]) -> None:
             and "DCGM" not in expr
             and "operator" not in title.lower()
             and title
-            not in ("Jobs by phase", "Restarts by reason", "Stage duration and time to running")
+            not in (
+                "Jobs by phase",
+                "Restarts by reason",
+                "Stage duration and time to running",
+                "Time queued",  # per job: a job queues before any stage runs
+            )
         ):
             assert all(f"${v}" in expr for v in ("namespace", "job", "stage")), (title, expr)
 

@@ -142,4 +142,10 @@ def test_stage_rules(fields: dict[str, object], problems: list[tuple[str, str]])
 
 def test_stage_rules_are_the_formats_table() -> None:
     assert STAGE_FORMATS == {t: r.formats for t, r in STAGE_RULES.items()}
-    assert {t for t, r in STAGE_RULES.items() if r.from_model} == {"reward", "dpo", "ppo", "grpo"}
+    assert {t for t, r in STAGE_RULES.items() if r.from_model} == {
+        "reward",
+        "dpo",
+        "ppo",
+        "grpo",
+        "eval",
+    }
