@@ -227,12 +227,27 @@ class Scheduling(Model):
     )
 
 
+# Each pod of a bucket job keeps its inputs and checkpoints on its own emptyDir, so only a
+# one-pod gang sees what its driver prepared and pulled.
+ONE_POD_STORE = (
+    "holds one pod's outputs: a stage of several pods (resources.workers > 1) needs a "
+    "ReadWriteMany pvc"
+)
+
+
 class LLMTrainingJobSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=cel(
             _refs_earlier("inputModel", "an earlier stage"),
             _refs_earlier("ppo.rewardModel", "an earlier reward stage", reward_only=True),
             _refs_earlier("grpo.rewardModel", "an earlier reward stage", reward_only=True),
+            (
+                "!has(self.storage) || !has(self.storage.objectStore) || !has(self.resources)"
+                " || !has(self.resources.workers) || self.resources.workers == 1",
+                ONE_POD_STORE,
+                None,
+                ".storage.objectStore",
+            ),
             *(
                 (
                     # has(): the optional blocks have no CRD default, and comparing a
@@ -568,6 +583,8 @@ def _resource_problems(resources: Resources | None, storage: Storage | None) -> 
         )
     if resources is None:
         return out
+    if store is not None and resources.workers > 1:
+        out.append(Problem("spec.storage.objectStore", ONE_POD_STORE))
     for i, var in enumerate(resources.env):
         if var.value is not None and var.secret_key_ref is not None:
             out.append(Problem(f"spec.resources.env[{i}]", "set value or secretKeyRef, not both"))

@@ -87,7 +87,10 @@ def test_a_job_with_its_own_storage_keeps_it() -> None:
     assert vol["persistentVolumeClaim"] == {"claimName": "mine"}
     assert mount["subPath"] == "runs"
     # An object store needs no shared volume: scratch space, no default claim.
-    s3 = make(storage={"objectStore": {"uri": "s3://bucket/llm"}})
+    s3 = make(
+        storage={"objectStore": {"uri": "s3://bucket/llm"}},
+        resources={**DOC["spec"]["resources"], "workers": 1},  # a bucket serves one-pod gangs
+    )
     assert storage(manifests.build_worker_pod(s3, "sft", 1, 0, SET))[0] == {
         "name": "storage",
         "emptyDir": {},

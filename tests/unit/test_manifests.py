@@ -232,6 +232,7 @@ def test_resources_volumes_and_mounts() -> None:
 
 def test_object_store_uses_scratch_and_secret_credentials() -> None:
     job = make(
+        resources={**BASE["spec"]["resources"], "workers": 1},  # a bucket serves one-pod gangs
         storage={
             "objectStore": {
                 "uri": "s3://bucket/llm",
@@ -239,7 +240,7 @@ def test_object_store_uses_scratch_and_secret_credentials() -> None:
                 "accessKeyId": {"name": "s3", "key": "id"},
                 "secretAccessKey": {"name": "s3", "key": "secret"},
             }
-        }
+        },
     )
     pod = manifests.build_worker_pod(job, "sft", 1, 0)
     e = env(pod)
