@@ -31,6 +31,7 @@ TRAIN_LANE = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         rel = item.path.relative_to(ROOT).as_posix()
