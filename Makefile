@@ -45,7 +45,7 @@ layers: .build/typecheck/.stamp
 	PYTHONPATH=.build/typecheck $(BIN)/lint-imports pyproject.toml
 
 # Two lanes (tests/conftest.py): one trains, the other mostly waits on an apiserver.
-PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=30
+PYTEST_ARGS ?= -n 2 --durations=30
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -1,8 +1,8 @@
 """Shared fixtures: the repo root and the `llmtrain` CLI as a subprocess; the two CI lanes.
 
-`make test` runs pytest with `-n 2 --dist loadgroup`: every test gets an `xdist_group` by its
-path, so the tests that mostly wait on an apiserver share one worker while the tests that keep
-both cores busy training share the other. Each lane starts its own session fixtures once.
+`make test` runs pytest with `-n 2`: tests are scheduled by lane (their path), so the tests
+that mostly wait on an apiserver share one worker while the tests that keep both cores busy
+training share the other. Each lane starts its own session fixtures once.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,12 +32,17 @@ TRAIN_LANE = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        rel = item.path.relative_to(ROOT).as_posix()
-        lane = "train" if rel.startswith(TRAIN_LANE) else "cluster"
-        item.add_marker(pytest.mark.xdist_group(lane))
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `-n 2`, each lane is one unit of work for one worker (xdist's own loadgroup does
+    not work with pytest 9, whose node ids it can no longer suffix)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "train" if nodeid.startswith(TRAIN_LANE) else "cluster"
+
+    return Lanes(config, log)
 
 
 @pytest.fixture(scope="session")
