@@ -357,13 +357,20 @@ async def _workloads(
     """Kueue's word on the current stage, for a job that names a queue: its Workload is
     created if missing; the Workloads of other stages (or of a finished or suspended job)
     are deleted, releasing their quota; an evicted one goes once its gang is gone, and a
-    fresh one queues again. None when no Workload is wanted (the decision ignores Kueue)."""
+    fresh one queues again. None when no Workload is wanted or Kueue's API is not served
+    (the decision ignores Kueue)."""
     ns, name = layout.namespace_of(job), job.metadata.name
     cur = state.current_stage(st)
     stage = cur.name if cur else job.spec.stages[0].name
     wanted = st.phase not in state.TERMINAL and not job.spec.suspend
     uid = (job.metadata.model_extra or {}).get("uid")
-    found = await ctx.kube.list_objects("Workload", ns, f"{layout.LABEL_JOB}={name}")
+    try:
+        found = await ctx.kube.list_objects("Workload", ns, f"{layout.LABEL_JOB}={name}")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        # Kueue is not installed: the queue label only travels to the pods, as without a queue.
+        return None
     gang = cur is not None and any((p.stage, p.attempt) == (cur.name, cur.attempt) for p in pods)
     wl = None
     for w in found:

@@ -40,15 +40,16 @@ def test_suspend_removes_pods_and_resume_starts_a_new_attempt(
     assert "Suspended" in reasons and "Resumed" in reasons
 
 
-def test_job_created_suspended_waits_for_admission(start_operator: Any, h: Harness) -> None:
+def test_job_created_suspended_creates_no_pods_until_resumed(
+    start_operator: Any, h: Harness
+) -> None:
+    # Admission by Kueue (Workloads) is test_operator_kueue.py; this is a plain suspend.
     start_operator("--standalone")
-    body = h.job_manifest("queued", stages=("sft",), suspend=True)
-    body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu"}
-    h.apply(body)
+    h.apply(h.job_manifest("queued", stages=("sft",), suspend=True))
     h.wait_phase("queued", "Suspended")
     time.sleep(2)
     assert not h.pod_names("queued")
-    # Kueue admits: it may rewrite scheduling fields while suspended, then unsuspends.
+    # Scheduling fields may change while suspended, and apply to the pods made on resume.
     h.patch("queued", {"spec": {"resources": {"nodeSelector": {"type": "kwok"}}, "suspend": False}})
     h.wait_pods({"queued-sft-a1-0", "queued-sft-a1-1"})
     pod = h.pods()["queued-sft-a1-0"]
