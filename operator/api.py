@@ -78,7 +78,8 @@ class Resources(Model):
         None, description="Pod schedulerName, e.g. a gang scheduler."
     )
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Extra pod labels, e.g. kueue.x-k8s.io/queue-name."
+        default_factory=dict,
+        description="Extra pod labels (Kueue's queue-name goes on the job itself).",
     )
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
