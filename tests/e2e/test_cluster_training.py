@@ -119,6 +119,11 @@ def operator(real_cluster: Any) -> str:
         *(a for v in real_cluster.chart_image_values() for a in ("--set", v)),
         "--set",
         "operator.replicas=1",
+        # The initializer (chart default 2 CPU) must fit beside the operator on the 2-CPU node.
+        "--set",
+        "initializer.resources.cpu=900m",
+        "--set",
+        "initializer.resources.memory=3Gi",
         "--set",
         "operator.extraArgs={--resync-seconds=2,--retry-backoff=2,--scrape-grace=120}",
         "--wait",
