@@ -48,6 +48,10 @@ KINDS = {
 }
 JOBS = f"apis/{api.GROUP}/{api.VERSION}"
 log = logging.getLogger(__name__)
+# kopf logs every failed attempt at ERROR before it raises; here a 404, 409 or 403 is often the
+# expected answer, and the callers log what is really a failure.
+_requests_log = logging.getLogger(__name__ + ".requests")
+_requests_log.setLevel(logging.CRITICAL)
 
 
 def api_client(pool: int = 16) -> client.ApiClient:
@@ -99,7 +103,7 @@ class Kube:
                     timeout=self._timeout,
                     backoffs=(),
                     settings=self.settings,
-                    logger=log,
+                    logger=_requests_log,
                     **context,
                 )
             except kopf_errors.APIError as e:

@@ -156,6 +156,9 @@ class Operator:
             POD_ID="test-operator",
             POD_NAMESPACE=deployment["metadata"]["namespace"],
             LLMTRAIN_RESYNC_SECONDS="1",
+            # kwok runs no container, so no initializer ever finishes here (its own tests
+            # play its outcome: operator_tests/test_operator_initializer.py).
+            LLMTRAIN_INITIALIZER="false",
             NO_PROXY="127.0.0.1,localhost",
             no_proxy="127.0.0.1,localhost",
         )
@@ -419,6 +422,9 @@ def test_operator_lifecycle_under_chart_rbac(
         variables = {"namespace": job_ns, "job": job, "stage": "pretrain"}
         dash = dashboard()
         gaps, gpu_seen = dashboard_gaps(prom, dash, variables, start, end)
+        # This job names no Kueue queue and no gate: tests/monitoring/test_prometheus.py
+        # gives those two panels their data.
+        gaps = [g for g in gaps if not g.startswith(("Time queued:", "Quality gates:"))]
         assert gaps == [], "dashboard queries without data:\n" + "\n".join(gaps)
         assert gpu_seen == set(NEEDS_GPU)
         check_variables(prom, dash, variables, start, end)

@@ -239,6 +239,8 @@ def test_every_dashboard_and_alert_query_runs_on_real_prometheus(
         op_metrics.reconciles.labels(result="error").inc()
         op_metrics.pods_created.inc(2)
         op_metrics.stage_duration.labels(type="pretrain").observe(95.0)
+        op_metrics.queued_seconds.labels(namespace=NAMESPACE, job=JOB).inc(42.0)
+        op_metrics.gates(NAMESPACE, JOB, [(STAGES[0], "evalLoss", True)])
         try:
             results = workers.wait(timeout=STAGES_TIMEOUT)
         finally:
