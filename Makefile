@@ -44,8 +44,9 @@ typecheck: .build/typecheck/.stamp
 layers: .build/typecheck/.stamp
 	PYTHONPATH=.build/typecheck $(BIN)/lint-imports pyproject.toml
 
-# Two lanes (tests/conftest.py): one trains, the other mostly waits on an apiserver.
-PYTEST_ARGS ?= -n 2 --durations=30
+# One process: under `-n 2` (two lanes, tests/conftest.py) trainer tests still error at
+# set-up or tear-down while the cluster lane runs (not yet explained), so CI stays sequential.
+PYTEST_ARGS ?= --durations=30
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 

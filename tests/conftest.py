@@ -1,8 +1,8 @@
 """Shared fixtures: the repo root and the `llmtrain` CLI as a subprocess; the two CI lanes.
 
-`make test` runs pytest with `-n 2`: tests are scheduled by lane (their path), so the tests
-that mostly wait on an apiserver share one worker while the tests that keep both cores busy
-training share the other. Each lane starts its own session fixtures once.
+Under `pytest -n 2` tests are scheduled by lane (their path), so the tests that mostly wait on
+an apiserver share one worker while the tests that keep both cores busy training share the
+other; each lane starts its own session fixtures once (`make test` runs one process for now).
 """
 
 from __future__ import annotations
