@@ -112,9 +112,9 @@ def run_ours(cfg: Any) -> dict[str, Any]:
     """Our stage in this process (the Ray worker's loop); its figures and peak GPU memory."""
     import torch
 
-    from llmtrain.trainer import engine, loop, stages
+    from llmtrain.trainer import loop, prepared, stages
 
-    engine.prepare_data(cfg, stages.load(cfg.stage.type), Path(cfg.output_dir))
+    prepared.prepare(cfg, stages.load(cfg.stage.type), Path(cfg.output_dir))
     _reset()
     trainer = loop.train_worker(
         {"cfg": cfg.model_dump_json(), "queue": _Drop(), "in_process": True}

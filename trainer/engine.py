@@ -23,8 +23,6 @@ by the workers' rank 0 (and by every rank for DeepSpeed shards), prepared data r
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import signal
@@ -34,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer import checkpoint, models, ray_setup, stages
+from llmtrain.trainer import checkpoint, prepared, ray_setup, stages
 from llmtrain.trainer.config import STAGE_RULES, StageType, stage_problems
 from llmtrain.trainer.contract import (
     CHECKPOINTS,
@@ -44,7 +42,6 @@ from llmtrain.trainer.contract import (
     ENV_HF_TOKEN,
     ENV_RAY_ADDRESS,
     FINAL,
-    PREPARED,
     RESULT,
     STOP_FILE,
     StageConfig,
@@ -98,48 +95,6 @@ def _stop_on_signals(stop_file: Path) -> Iterator[list[int]]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _data_key(cfg: StageConfig) -> str:
-    """Changes whenever the prepared data would: the data spec, tokenizer and lengths."""
-    src = Path(cfg.stage.dataset.source)
-    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime) for p in [src] if p.exists()]
-    hp = cfg.stage.hyperparameters
-    parts = [
-        cfg.stage.type,
-        cfg.stage.dataset.model_dump_json(),
-        models.tokenizer_source(cfg),
-        hp.max_seq_length,
-        hp.packing,
-        hp.seed,
-        stamp,
-    ]
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
-
-
-def prepare_data(cfg: StageConfig, stage: stages.Stage, out: Path) -> dict[str, Any]:
-    """Run the stage's `prepare_data` in the driver and save the result for the workers."""
-    prepared = out / PREPARED
-    key = _data_key(cfg)
-    report = read_json(prepared / "report.json")
-    if report and report.get("key") == key:
-        log.info("reusing prepared data in %s: %s", prepared, report.get("summary"))
-        return report
-    import datasets
-
-    datasets.disable_progress_bars()  # one summary line below says what happened
-    tokenizer = models.load_tokenizer(cfg)
-    train, evaluation, data_report = stage.prepare_data(cfg, tokenizer)
-    summary = data_report.summary()
-    log.info("%s", summary)
-    staging = out / f".{PREPARED}.tmp"
-    train.save_to_disk(str(staging / "train"))
-    if evaluation is not None:
-        evaluation.save_to_disk(str(staging / "eval"))
-    report = {"key": key, "summary": summary, **data_report.as_dict()}
-    write_json(staging / "report.json", report)
-    checkpoint.commit(staging, prepared)
-    return report
 
 
 def connect() -> None:
@@ -211,7 +166,7 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     resume = checkpoint.latest(out / CHECKPOINTS)
     log.info("stage %s (%s): %s", cfg.stage.name, cfg.stage.type,
              f"resuming from {resume.name}" if resume else "starting")  # fmt: skip
-    data_report = prepare_data(cfg, stage, out)
+    data_report = prepared.prepare(cfg, stage, out)
 
     connect()
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -267,6 +222,7 @@ def run(cfg: StageConfig) -> dict[str, Any]:
     from llmtrain.trainer import evaluate  # the gates' metrics: losses, probes
 
     result["metrics"] = evaluate.after_stage(cfg, result)
+    result.pop("probe_metrics", None)  # in metrics now; probes.json has the answers
     if mirror is not None:
         mirror.push_outputs()
     write_json(out / RESULT, result)

@@ -271,6 +271,9 @@ def after_stage(cfg: StageConfig, result: dict[str, Any]) -> dict[str, float]:
         if isinstance(result.get(key), int | float):
             metrics[name] = float(result[key])
     if cfg.probes is not None and cfg.probes.after_every_stage:
-        model, tok = load(str(Path(cfg.output_dir) / FINAL))
-        metrics |= probe_metrics(model, tok, cfg)
+        if result.get("probe_metrics"):  # run by the rank-0 worker (loop._probes)
+            metrics |= result["probe_metrics"]
+        else:
+            model, tok = load(str(Path(cfg.output_dir) / FINAL))
+            metrics |= probe_metrics(model, tok, cfg)
     return metrics

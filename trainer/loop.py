@@ -25,7 +25,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmtrain.trainer import adapters, arguments, checkpoint, models, stages
-from llmtrain.trainer.contract import PREPARED, STOP_FILE, StageConfig
+from llmtrain.trainer.contract import FINAL, PREPARED, STOP_FILE, StageConfig
 from llmtrain.trainer.stages import StageContext
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,23 @@ def train_worker(config: dict[str, Any]) -> Any:
         final_eval = trainer.evaluate()
     saved = stage.save(ctx, trainer)
     if rank == 0:
+        saved["probe_metrics"] = _probes(cfg)
         _report_end(config["queue"], trainer, output, final_eval, saved, resume)
     return trainer
+
+
+def _probes(cfg: StageConfig) -> dict[str, float]:
+    """The job's probes on the saved final model (evaluate.after_stage), run here where torch
+    and the model's code are imported already: the driver would spend seconds importing them.
+    On the CPU, like the driver did, so the training's GPU memory is not touched."""
+    if cfg.probes is None or not cfg.probes.after_every_stage:
+        return {}
+    from llmtrain.trainer import evaluate
+
+    model, tok = evaluate.load(str(Path(cfg.output_dir) / FINAL))
+    metrics = evaluate.probe_metrics(model, tok, cfg)
+    del model
+    return metrics
 
 
 def _report_end(queue: Any, trainer: Any, output: Any, final_eval: dict[str, Any],

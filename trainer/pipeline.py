@@ -12,7 +12,6 @@ it ran is reported instead of silently mixed with the old outputs.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -190,17 +189,31 @@ def _run_stage(p: StagePlan, view: ProgressView) -> None:
 
 
 class _LocalRay:
-    """The run's one local Ray head (ray_setup.local_head), shared by its stages: each stage
-    joins it rather than starting a Ray of its own. Started by the first stage that runs,
-    stopped when run_job returns or raises; none when RAY_ADDRESS names a Ray already."""
+    """The run's one local Ray head (ray_setup.LocalHead), shared by its stages: each stage
+    joins it rather than starting a Ray of its own. Launched before the initializer (Ray
+    starts while the data is checked), waited for by the first stage that runs, stopped when
+    run_job returns or raises; none when RAY_ADDRESS names a Ray already."""
 
     def __init__(self) -> None:
-        self.stack: contextlib.ExitStack | None = None
+        self.head: ray_setup.LocalHead | None = None
+        self.ready = False
         self.log_file = Path("ray.log")
 
+    def launch(self) -> None:
+        if self.head is None and not os.environ.get("RAY_ADDRESS"):
+            self.head = ray_setup.LocalHead(self.log_file)
+            self.head.launch()
+
     def start(self) -> None:
-        if self.stack is not None and not os.environ.get("RAY_ADDRESS"):
-            self.stack.enter_context(ray_setup.local_head(self.log_file))
+        self.launch()
+        if self.head is not None and not self.ready:
+            self.head.wait()
+            self.ready = True
+
+    def stop(self) -> None:
+        if self.head is not None:
+            self.head.stop()
+        self.head, self.ready = None, False
 
 
 _LOCAL_RAY = _LocalRay()
@@ -215,13 +228,11 @@ def run_job(
     view: ProgressView | None = None,
 ) -> Path:
     """Run every stage in order; returns the directory holding the report."""
-    with contextlib.ExitStack() as stack:
-        _LOCAL_RAY.stack = stack
-        _LOCAL_RAY.log_file = workdir.resolve() / job.metadata.name / "ray.log"
-        try:
-            return _run_job(job, job_file, workdir, workers, metrics_port, view)
-        finally:
-            _LOCAL_RAY.stack = None
+    _LOCAL_RAY.log_file = workdir.resolve() / job.metadata.name / "ray.log"
+    try:
+        return _run_job(job, job_file, workdir, workers, metrics_port, view)
+    finally:
+        _LOCAL_RAY.stop()
 
 
 def _run_job(
@@ -248,6 +259,8 @@ def _run_job(
 
     job_dir: Path = workdir.resolve() / job.metadata.name
     if not all(p.skip for p in plans):  # fetch inputs, preflight: before any stage runs
+        if any(not p.skip and p.config.stage.type != "eval" for p in plans):
+            _LOCAL_RAY.launch()  # starts while the initializer runs
         _initialize(job, plans, workdir)
     for i, p in enumerate(plans):
         if p.skip:

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llmtrain.trainer import data, encode, memory, models, stages
+from llmtrain.trainer import data, encode, memory, models, prepared, stages
 from llmtrain.trainer.config import DataFormat, StageType, stage_problems
 from llmtrain.trainer.contract import StageConfig, hub_token
 from llmtrain.trainer.inputs import InitConfig
@@ -68,9 +68,11 @@ def _data(cfg: StageConfig, tok: Any, at: str, fig: dict[str, Any]) -> list[str]
     if spec.format == DataFormat.messages:
         out += _empty_masks(spec, tok, at)
     try:
-        train, _, report = stages.load(cfg.stage.type).prepare_data(cfg, tok)
+        train, evaluation, report = stages.load(cfg.stage.type).prepare_data(cfg, tok)
     except (data.DataError, ValueError, KeyError, TypeError) as e:
         return out + [f"{at}: {e}"]
+    if not out and _same_tokenizer(cfg):
+        _keep(cfg, train, evaluation, report)
     splits = report.splits.values()
     dropped: dict[str, int] = {}
     for s in splits:
@@ -92,6 +94,21 @@ def _data(cfg: StageConfig, tok: Any, at: str, fig: dict[str, Any]) -> list[str]
         tokens=_percentiles(lengths),
     )
     return out
+
+
+def _same_tokenizer(cfg: StageConfig) -> bool:
+    """The driver will load the tokenizer this check used (_tokenizer)."""
+    return bool(cfg.model.tokenizer.source or not cfg.input_model or Path(cfg.input_model).exists())
+
+
+def _keep(cfg: StageConfig, train: Any, evaluation: Any, report: Any) -> None:
+    """Save the tokenised data where the stage's driver looks first (prepared.py): it then
+    skips tokenising, and loading the tokenizer. Storage the initializer cannot write (no
+    shared volume here) only means the driver tokenises again."""
+    try:
+        prepared.save(cfg, Path(cfg.output_dir), train, evaluation, report)
+    except OSError as e:
+        log.info("stage %s: prepared data not kept (%s)", cfg.stage.name, e)
 
 
 def _empty_masks(spec: Any, tok: Any, at: str) -> list[str]:

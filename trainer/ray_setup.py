@@ -4,6 +4,7 @@
 
     with ray_setup.local_head(log_file):      # `llmtrain run`: one Ray for every stage
         subprocess.run(["llmtrain", "worker", "--stage-config", "stage.json"])  # joins it
+    # or LocalHead(log_file): launch() now, wait() when the first stage needs it
 
 Kept free of heavy imports: Ray runs `quiet` at the start of each actor and task process, and
 the local runner (which never imports torch or ray) calls `local_head`.
@@ -52,46 +53,82 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def local_head(log_file: Path, attempts: int = 2) -> Iterator[str]:
-    """Start a loopback-only Ray head (`ray start --head --block`) for this machine's stages;
-    yields its address, exported as RAY_ADDRESS with ENV_LOCAL_HEAD=1 for child processes.
+class LocalHead:
+    """A loopback-only Ray head (`ray start --head --block`) for this machine's stages.
+
+        head = LocalHead(log_file); head.launch()   # returns at once: Ray starts meanwhile
+        ...                                          # e.g. the initializer runs
+        head.wait()    # ready; RAY_ADDRESS (+ ENV_LOCAL_HEAD=1) exported for child processes
+        head.stop()    # also on Ctrl-C or a failed stage
 
     Every stage joins it instead of starting its own Ray (about 10-20 s each on 2 cores, plus
-    the Ray Train helper actors that then live once per run). Stopped on the way out, also on
-    Ctrl-C or a failed stage: `--block` shuts the head's processes down on SIGTERM, and Ray's
-    reaper does if this process dies first. A second attempt when the first one fails: on a
-    busy machine the raylet gives up on its agents after 15 s.
+    the Ray Train helper actors that then live once per run). `--block` shuts the head's
+    processes down on SIGTERM, and Ray's reaper does if this process dies first. A second
+    attempt when the first one fails: on a busy machine the raylet gives up on its agents
+    after 15 s.
     """
-    # The run's own token: Ray's default (~/.ray/auth_token) is shared by every Ray of this
-    # user, and a client joining by address sends it only when told the mode.
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    # Its own temp dir: `ray start` writes its address to {temp dir}/ray_current_cluster, and
-    # every plain `ray.init()` on the machine joins the address in /tmp/ray's.
-    temp_dir = tempfile.mkdtemp(prefix="llmtrain-ray-")
-    for attempt in range(attempts):
-        port = _free_port()
-        proc = _start(port, log_file, auth, temp_dir)
-        if _ready(proc, log_file):
-            break
-        _stop(proc)
-        if attempt == attempts - 1:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            tail = log_file.read_text(errors="replace").splitlines()[-10:]
-            raise RuntimeError(f"could not start Ray ({log_file}):\n" + "\n".join(tail))
-    exported = {"RAY_ADDRESS": f"127.0.0.1:{port}", ENV_LOCAL_HEAD: "1", ENV_LOOPBACK: "0", **auth}
-    saved = {k: os.environ.get(k) for k in exported}
-    os.environ.update(exported)
-    try:
-        yield exported["RAY_ADDRESS"]
-    finally:
-        for k, v in saved.items():
+
+    def __init__(self, log_file: Path, attempts: int = 2) -> None:
+        self.log_file, self.attempts = log_file, attempts
+        # The run's own token: Ray's default (~/.ray/auth_token) is shared by every Ray of
+        # this user, and a client joining by address sends it only when told the mode.
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.temp_dir = ""
+        self.saved: dict[str, str | None] | None = None
+
+    def launch(self) -> None:
+        # Its own temp dir: `ray start` writes its address to {temp dir}/ray_current_cluster,
+        # and every plain `ray.init()` on the machine joins the address in /tmp/ray's.
+        self.temp_dir = tempfile.mkdtemp(prefix="llmtrain-ray-")
+        self.port = _free_port()
+        self.proc = _start(self.port, self.log_file, self.auth, self.temp_dir)
+
+    def wait(self) -> str:
+        if self.proc is None:
+            self.launch()
+        assert self.proc is not None
+        for attempt in range(self.attempts):
+            if attempt:
+                self.port = _free_port()
+                self.proc = _start(self.port, self.log_file, self.auth, self.temp_dir)
+            if _ready(self.proc, self.log_file):
+                break
+            _stop(self.proc)
+            if attempt == self.attempts - 1:
+                self.proc = None
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+                tail = self.log_file.read_text(errors="replace").splitlines()[-10:]
+                raise RuntimeError(f"could not start Ray ({self.log_file}):\n" + "\n".join(tail))
+        address = f"127.0.0.1:{self.port}"
+        exported = {"RAY_ADDRESS": address, ENV_LOCAL_HEAD: "1", ENV_LOOPBACK: "0", **self.auth}
+        self.saved = {k: os.environ.get(k) for k in exported}
+        os.environ.update(exported)
+        return address
+
+    def stop(self) -> None:
+        for k, v in (self.saved or {}).items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        _stop(proc)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        self.saved = None
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_head(log_file: Path, attempts: int = 2) -> Iterator[str]:
+    """LocalHead as a context manager: yields the ready head's address."""
+    head = LocalHead(log_file, attempts)
+    try:
+        yield head.wait()
+    finally:
+        head.stop()
 
 
 def _start(

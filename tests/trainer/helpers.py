@@ -159,9 +159,9 @@ def run_in_process(cfg: StageConfig) -> tuple[Any, list[dict[str, Any]]]:
 
     For tests of what the loop builds (layer types, callbacks) that need the live objects.
     """
-    from llmtrain.trainer import engine, loop, stages
+    from llmtrain.trainer import loop, prepared, stages
 
-    engine.prepare_data(cfg, stages.load(cfg.stage.type), Path(cfg.output_dir))
+    prepared.prepare(cfg, stages.load(cfg.stage.type), Path(cfg.output_dir))
     queue = ListQueue()
     trainer = loop.train_worker({"cfg": cfg.model_dump_json(), "queue": queue, "in_process": True})
     return trainer, queue.items

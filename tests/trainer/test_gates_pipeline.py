@@ -64,14 +64,17 @@ def sft(max_eval_loss: float) -> dict[str, Any]:
 
 
 def test_a_failed_gate_stops_the_run_and_a_passing_one_continues(
-    assets: Assets, tmp_path: Path
+    assets: Assets, ray_cluster: str, tmp_path: Path
 ) -> None:
+    ray = {"RAY_ADDRESS": ray_cluster}  # the session's Ray: no head of its own to start
     (tmp_path / "instructions.jsonl").write_text(assets.instructions.read_text())
     prefs = write_preferences(tmp_path / "prefs.jsonl")
     data = {"source": str(prefs), "format": "preference", "columns": PREFERENCE_COLUMNS}
     dpo = {"name": "dpo", "type": "dpo", "dataset": data}
     work = tmp_path / "work"
-    first = run_cli("run", str(job(assets, tmp_path, [sft(1.2), dpo])), "--workdir", str(work))
+    first = run_cli(
+        "run", str(job(assets, tmp_path, [sft(1.2), dpo])), "--workdir", str(work), **ray
+    )
     assert first.returncode == GATE_FAILED, first.stdout + first.stderr
     stage = work / "gated" / "sft"
     result = json.loads((stage / "result.json").read_text())
@@ -79,7 +82,9 @@ def test_a_failed_gate_stops_the_run_and_a_passing_one_continues(
     assert eval_loss == result["eval_loss"] and eval_loss > 1.2  # one step: far from trained
     said = first.stdout + first.stderr
     assert f"stage sft: gate failed: evalLoss = {eval_loss:.4g}, outside gate max 1.2" in said
-    assert not (work / "gated" / "dpo").exists()  # the next stage never started
+    # The next stage never started (its data, tokenised by the preflight, waits for it).
+    assert not (work / "gated" / "dpo" / "stage.json").exists()
+    assert (work / "gated" / "dpo" / "prepared" / "report.json").exists()
     report = (work / "gated" / "report.md").read_text()
     assert "| sft | evalLoss = " in report and "**FAILED**" in report
     assert "| prompt | after sft |" in report
@@ -94,7 +99,9 @@ def test_a_failed_gate_stops_the_run_and_a_passing_one_continues(
         "hyperparameters": {"maxSeqLength": 64},
         "gates": [{"metric": "perplexity", "max": 1e6}],
     }
-    second = run_cli("run", str(job(assets, tmp_path, [sft(100.0), check])), "--workdir", str(work))
+    second = run_cli(
+        "run", str(job(assets, tmp_path, [sft(100.0), check])), "--workdir", str(work), **ray
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert "stage sft already complete, skipping" in second.stdout
     evaluated = json.loads((work / "gated" / "check" / "eval.json").read_text())
