@@ -1,6 +1,7 @@
 """Run benchmarks: `python -m benchmarks [NAME [OPTIONS]]...` (`make bench`).
 
-    python -m benchmarks                      # all of ALL: SFT throughput, the operator at scale
+    python -m benchmarks                      # all of ALL: SFT throughput, the quickstart's
+                                              # wall time, the operator at scale
     python -m benchmarks sft                  # one of them by name
     python -m benchmarks sft --samples 500    # options after a name go to that benchmark
     python -m benchmarks gpu                  # one H100/H200 (not in ALL: it needs a GPU)
@@ -28,6 +29,13 @@ def _operator(argv: list[str]) -> int:
     return int(operator_scale.main(argv) or 0)
 
 
+def _quickstart(argv: list[str]) -> int:
+    from benchmarks import quickstart
+
+    quickstart.main(argv)
+    return 0
+
+
 def _gpu(argv: list[str]) -> int:
     from benchmarks import gpu
 
@@ -38,9 +46,10 @@ def _gpu(argv: list[str]) -> int:
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "sft": _sft,
     "operator": _operator,
+    "quickstart": _quickstart,
     "gpu": _gpu,
 }
-ALL = ("sft", "operator")
+ALL = ("sft", "quickstart", "operator")
 
 
 def parse(argv: list[str]) -> list[tuple[str, list[str]]]:

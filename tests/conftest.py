@@ -27,8 +27,7 @@ TRAIN_LANE = (
     "tests/trainer/",
     "tests/unit/",
     "benchmarks/",
-    "tests/e2e/test_real_node.py",
-    "tests/e2e/test_cluster_training.py",
+    "tests/e2e/",
 )
 
 
