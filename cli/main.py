@@ -463,7 +463,7 @@ def operator(
     import kopf
 
     from llmtrain.operator import main as operator_main
-    from llmtrain.operator import reconcile, state
+    from llmtrain.operator import reconcile, status
 
     if namespace and all_namespaces:
         _fail(["--namespace and --all-namespaces exclude each other"])
@@ -495,7 +495,7 @@ def operator(
             initializer_memory=initializer_memory,
             gpu_memory=_gpu_memory(gpu_memory),
         ),
-        policy=state.Policy(
+        policy=status.Policy(
             retry_backoff=retry_backoff,
             retry_backoff_max=retry_backoff_max,
             scrape_grace=scrape_grace,

@@ -23,7 +23,7 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from llmtrain.operator import api, gang, kueue, layout, manifests, progress, state
+from llmtrain.operator import api, gang, kueue, layout, manifests, progress, state, status
 from llmtrain.operator.kube import Body, Kube
 from llmtrain.operator.metrics import OperatorMetrics
 
@@ -37,7 +37,7 @@ class Options:
     """How the operator runs: the `llmtrain operator` options (cli.main)."""
 
     job_defaults: layout.JobDefaults = field(default_factory=layout.JobDefaults)
-    policy: state.Policy = field(default_factory=state.Policy)
+    policy: status.Policy = field(default_factory=status.Policy)
     resync_seconds: float = 10.0
     scrape_timeout: float = 2.0
     namespaces: list[str] = field(default_factory=list)  # empty: every namespace
@@ -140,11 +140,11 @@ async def _reconcile(
     except api.SpecError as e:
         problems = e.problems
     if problems:
-        new = state.invalid(old, [str(p) for p in problems], state.utcnow())
+        new = state.invalid(old, [str(p) for p in problems], status.utcnow())
         if new != old and await _write(ctx, cache, body, new):
             msg = "; ".join(map(str, problems))
             log.info("job %s/%s failed validation: %s", namespace, name, msg)
-            kopf.warn(_kbody(body), reason=state.REASON_VALIDATION, message=msg)
+            kopf.warn(_kbody(body), reason=status.REASON_VALIDATION, message=msg)
         ctx.metrics.job_phase(namespace, name, new.phase)
         return
     job.status = old
@@ -152,13 +152,13 @@ async def _reconcile(
     pods = [p for p in pods if p.owner_uid == uid]  # a namesake's orphans are not ours
     sample = await _scrape(ctx, job, pods) if scrape else None
     queue = await _workloads(ctx, job, old, pods) if kueue.queue_name(job) else None
-    d = state.decide(job, pods, state.utcnow(), sample, policy, queue)
+    d = state.decide(job, pods, status.utcnow(), sample, policy, queue)
     if d.restarts or (d.status.phase == api.Phase.Failed and old.phase != api.Phase.Failed):
         # Tearing a gang down on the index's word alone is too much: a pod missing from it
         # may simply not be listed yet (a replica that just took over). Read the pods.
         found = await ctx.kube.list_pods(namespace, f"{layout.LABEL_JOB}={name}")
         pods = [v for v in map(progress.PodView.from_pod, found) if v and v.owner_uid == uid]
-        d = state.decide(job, pods, state.utcnow(), sample, policy, queue)
+        d = state.decide(job, pods, status.utcnow(), sample, policy, queue)
     if d.status != old:
         if not await _write(ctx, cache, body, d.status):
             return  # someone wrote in between; the next pass reads the job afresh
@@ -171,9 +171,9 @@ async def _reconcile(
     ctx.metrics.gates(namespace, name, decided)
     known = cache.body  # the job as it is with d.status
     refused = await _apply(ctx, cache, job, d, pods)
-    moved = (d.status.current_stage, d.status.phase in state.TERMINAL) != (
+    moved = (d.status.current_stage, d.status.phase in status.TERMINAL) != (
         old.current_stage,
-        old.phase in state.TERMINAL,
+        old.phase in status.TERMINAL,
     )
     if queue is not None and moved:  # release the stage's quota now; queue the next one
         await _workloads(ctx, job, d.status, pods)
@@ -186,16 +186,18 @@ async def _report_refused(
     cache: JobCache,
     body: Body,
     job: api.LLMTrainingJob,
-    d: state.Decision,
+    d: status.Decision,
     refused: list[str],
 ) -> None:
     """Without this the job would sit in Pending with nothing said: a CreateFailed condition
     and a Warning Event, once per distinct reason (a retry refused alike changes nothing)."""
     assert d.ensure is not None
     msg = refusal_message(job, *d.ensure, refused, ctx.options.job_defaults)
-    new = state.create_refused(d.status, msg, state.utcnow())
+    new = state.create_refused(d.status, msg, status.utcnow())
     if new != d.status and await _write(ctx, cache, body, new):
-        kopf.event(_kbody(body), type=state.WARNING, reason=state.REASON_FAILED_CREATE, message=msg)
+        kopf.event(
+            _kbody(body), type=status.WARNING, reason=status.REASON_FAILED_CREATE, message=msg
+        )
 
 
 def _kbody(body: Body) -> kopf.Body:
@@ -229,7 +231,7 @@ async def _write(ctx: Context, cache: JobCache, body: Body, st: api.LLMTrainingJ
     return True
 
 
-def _observe(m: OperatorMetrics, namespace: str, name: str, d: state.Decision) -> None:
+def _observe(m: OperatorMetrics, namespace: str, name: str, d: status.Decision) -> None:
     for stage_type, seconds in d.stage_durations:
         m.stage_duration.labels(type=stage_type).observe(seconds)
     if d.time_to_running is not None:
@@ -242,8 +244,8 @@ def _observe(m: OperatorMetrics, namespace: str, name: str, d: state.Decision) -
 
 async def _scrape(
     ctx: Context, job: api.LLMTrainingJob, pods: list[progress.PodView]
-) -> state.Scrape | None:
-    cur = state.current_stage(job.status)
+) -> status.Scrape | None:
+    cur = status.current_stage(job.status)
     if cur is None or cur.phase != api.Phase.Running:
         return None
     head = next(
@@ -253,14 +255,14 @@ async def _scrape(
         return None
     port = layout.metrics_port(job, ctx.options.job_defaults)
     values, error = await progress.scrape(head.ip, port, ctx.options.scrape_timeout)
-    return state.Scrape(cur.name, cur.attempt, values, error)
+    return status.Scrape(cur.name, cur.attempt, values, error)
 
 
 async def _apply(
     ctx: Context,
     cache: JobCache,
     job: api.LLMTrainingJob,
-    d: state.Decision,
+    d: status.Decision,
     pods: list[progress.PodView],
 ) -> list[str]:
     """Delete and create what `d` says; returns the apiserver's reasons for each object
@@ -360,9 +362,9 @@ async def _workloads(
     fresh one queues again. None when no Workload is wanted or Kueue's API is not served
     (the decision ignores Kueue)."""
     ns, name = layout.namespace_of(job), job.metadata.name
-    cur = state.current_stage(st)
+    cur = status.current_stage(st)
     stage = cur.name if cur else job.spec.stages[0].name
-    wanted = st.phase not in state.TERMINAL and not job.spec.suspend
+    wanted = st.phase not in status.TERMINAL and not job.spec.suspend
     uid = (job.metadata.model_extra or {}).get("uid")
     try:
         found = await ctx.kube.list_objects("Workload", ns, f"{layout.LABEL_JOB}={name}")

@@ -18,204 +18,65 @@ and the job's phase follows its current stage. Exit codes follow the trainer's c
 at once; every other failure (RETRYABLE, signals such as an OOM kill, unknown codes,
 evictions, preemptions, deleted pods) is retried from the newest checkpoint, after an
 exponential backoff, until `runPolicy.backoffLimit`.
+
+The vocabulary (condition types, reasons, `Decision`, `Policy`) is in status.py; the
+initializer's steps are in init_steps.py, Kueue's queueing and admission in queue_steps.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from llmtrain.operator import api, kueue, layout, progress
-from llmtrain.operator.api import Condition, LLMTrainingJobStatus, Phase, StageStatus
+from llmtrain.operator import api, init_steps, kueue, layout, progress, queue_steps
+from llmtrain.operator.api import LLMTrainingJobStatus, Phase, StageStatus
 from llmtrain.operator.progress import PodView
+from llmtrain.operator.status import (
+    COND_CREATE_FAILED,
+    COND_CREATED,
+    COND_FAILED,
+    COND_PODS_PENDING,
+    COND_PROGRESS_UNKNOWN,
+    COND_RUNNING,
+    COND_SUSPENDED,
+    LIVE,
+    NORMAL,
+    REASON_BACKOFF,
+    REASON_CREATED,
+    REASON_DEADLINE,
+    REASON_DELETED,
+    REASON_FAILED_CREATE,
+    REASON_GATE_FAILED,
+    REASON_PODS_CREATED,
+    REASON_PODS_STARTED,
+    REASON_RESUMED,
+    REASON_RUNNING,
+    REASON_SCRAPE_FAILED,
+    REASON_SCRAPED,
+    REASON_STAGE_STARTED,
+    REASON_STAGE_SUCCEEDED,
+    REASON_STALLED,
+    REASON_SUCCEEDED,
+    REASON_SUSPENDED,
+    REASON_VALIDATION,
+    TERMINAL,
+    WARNING,
+    Decision,
+    Event,
+    Failure,
+    Policy,
+    Scrape,
+    classify,
+    condition,
+    current_stage,
+    fail,
+    fmt_time,
+    parse_time,
+    set_condition,
+    set_phase,
+)
 from llmtrain.trainer.config import check_gates
-from llmtrain.trainer.contract import checkpoint_dir, retryable
-
-# Condition types (metav1.Condition.type).
-COND_CREATED = "Created"
-COND_RUNNING = "Running"
-COND_RESTARTING = "Restarting"
-COND_SUSPENDED = "Suspended"
-COND_QUEUED = "Queued"  # True while Kueue has not admitted the stage's Workload
-COND_SUCCEEDED = "Succeeded"
-COND_FAILED = "Failed"
-# True while the apiserver refuses an attempt's objects (ReplicaSet's ReplicaFailure).
-COND_CREATE_FAILED = "CreateFailed"
-# True while a pod of the attempt cannot start: unschedulable, an image that will not pull.
-COND_PODS_PENDING = "PodsPending"
-# True while the driver's /metrics cannot be read: progress and the stall watchdog wait.
-COND_PROGRESS_UNKNOWN = "ProgressUnknown"
-
-# Reasons, on conditions and Events.
-REASON_CREATED = "JobCreated"
-REASON_STAGE_STARTED = "StageStarted"
-REASON_RUNNING = "AllPodsRunning"
-REASON_STAGE_SUCCEEDED = "StageSucceeded"
-REASON_SUCCEEDED = "JobSucceeded"
-REASON_POD_FAILED = "PodFailed"
-REASON_PERMANENT = "PodFailedPermanently"
-REASON_EVICTED = "PodEvicted"
-REASON_PREEMPTED = "PodPreempted"
-REASON_DELETED = "PodDeleted"
-REASON_STALLED = "Stalled"
-REASON_BACKOFF = "BackoffLimitExceeded"
-REASON_DEADLINE = "DeadlineExceeded"
-REASON_SUSPENDED = "Suspended"
-REASON_RESUMED = "Resumed"
-REASON_QUEUED = "Queued"
-REASON_ADMITTED = "Admitted"
-REASON_VALIDATION = "ValidationFailed"
-REASON_INIT_STARTED = "InitializerStarted"
-REASON_PREFLIGHT_PASSED = "PreflightPassed"
-REASON_PREFLIGHT = "PreflightFailed"  # the initializer found the job's data or memory wrong
-REASON_GATE_FAILED = "GateFailed"  # a stage's result metric is outside its gate
-REASON_FAILED_CREATE = "FailedCreate"  # the reason the Job and ReplicaSet controllers use
-REASON_PODS_CREATED = "PodsCreated"
-REASON_PODS_STARTED = "PodsStarted"
-REASON_SCRAPE_FAILED = "MetricsUnreadable"
-REASON_SCRAPED = "MetricsRead"
-
-NORMAL, WARNING = "Normal", "Warning"
-TERMINAL = (Phase.Succeeded, Phase.Failed)
-_LIVE = (Phase.Pending, Phase.Initializing, Phase.Running)
-# DisruptionTarget condition reasons the kubelet, scheduler and eviction API write.
-_PREEMPTION = {"PreemptionByScheduler", "PreemptionByKubeScheduler"}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def fmt_time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str | None) -> datetime | None:
-    return datetime.fromisoformat(s) if s else None
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """Metric values read from the driver of one attempt (docs/contracts.md §4), or why they
-    could not be read."""
-
-    stage: str
-    attempt: int
-    values: dict[str, float] | None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The operator's settings the decision depends on (`llmtrain operator` options)."""
-
-    # Retries wait base * 2^(restarts-1) seconds, capped (the Job controller's shape).
-    retry_backoff: float = 10.0
-    retry_backoff_max: float = 300.0
-    # A driver may take this long (Ray start, data preparation) before its /metrics is up,
-    # or between two reads, before ProgressUnknown is raised.
-    scrape_grace: float = 300.0
-    # A permanent exit waits this long for the rest of the gang to report: pods of a gang
-    # fail together (a head OOM-killed takes its workers along), and a more retryable
-    # failure among them wins.
-    permanent_grace: float = 10.0
-    # One initializer pod (fetch inputs, preflight) before the first gang of every job.
-    initializer: bool = False
-
-    def backoff(self, restarts: int) -> float:
-        return float(min(self.retry_backoff * 2 ** max(restarts - 1, 0), self.retry_backoff_max))
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Failure:
-    reason: str
-    retryable: bool
-    message: str
-
-
-@dataclass
-class Decision:
-    status: LLMTrainingJobStatus
-    ensure: tuple[str, int] | None = None  # (stage, attempt) whose objects must exist
-    ensure_init: int | None = None  # the initializer attempt whose objects must exist
-    delete_pods: list[str] = field(default_factory=list)
-    delete_attempts: list[tuple[str, int]] = field(default_factory=list)  # ConfigMap + Service
-    delete_job: bool = False  # ttlSecondsAfterFinished has passed
-    events: list[Event] = field(default_factory=list)
-    # Observations for the operator's metrics, recorded once the status write succeeded.
-    stage_durations: list[tuple[str, float]] = field(default_factory=list)
-    time_to_running: float | None = None
-    restarts: list[str] = field(default_factory=list)
-    # Kueue: what it says about the current stage's Workload (None: not Kueue-managed), and
-    # how long the job waited when this pass saw it admitted.
-    queue: kueue.Admission | None = None
-    queued_seconds: float | None = None
-
-
-# ---- conditions --------------------------------------------------------------------------
-
-
-def set_condition(
-    st: LLMTrainingJobStatus, type_: str, status: bool, reason: str, message: str, now: datetime
-) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status flips."""
-    value = "True" if status else "False"
-    for c in st.conditions:
-        if c.type == type_:
-            if c.status != value:
-                c.last_transition_time = fmt_time(now)
-            c.status, c.reason, c.message = value, reason, message
-            return
-    st.conditions.append(
-        Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=fmt_time(now),
-        )
-    )
-
-
-def condition(st: LLMTrainingJobStatus, type_: str) -> Condition | None:
-    return next((c for c in st.conditions if c.type == type_), None)
-
-
-def _set_phase(
-    st: LLMTrainingJobStatus, phase: Phase, reason: str, message: str, now: datetime
-) -> None:
-    """The job's phase, and the conditions that mirror it: a condition turns True with the
-    phase and False when the phase leaves it; a False one keeps the reason it flipped for,
-    until the job finishes: then every one says how it ended (no old stage's text)."""
-    st.phase = phase
-    finished = phase in TERMINAL
-    mirrors = [
-        (COND_RUNNING, phase == Phase.Running),
-        (COND_RESTARTING, phase == Phase.Restarting),
-        (COND_SUSPENDED, phase == Phase.Suspended),
-        (COND_QUEUED, phase == Phase.Queued),
-    ]
-    if finished:
-        mirrors += [(COND_PODS_PENDING, False), (COND_PROGRESS_UNKNOWN, False)]
-    for type_, on in mirrors:
-        c = condition(st, type_)
-        if on or (c is not None and (c.status == "True" or finished)):
-            set_condition(st, type_, on, reason, message, now)
-    if phase == Phase.Succeeded:
-        set_condition(st, COND_SUCCEEDED, True, reason, message, now)
-    if phase == Phase.Failed:
-        set_condition(st, COND_FAILED, True, reason, message, now)
-    st.reason = reason
-
+from llmtrain.trainer.contract import checkpoint_dir
 
 # ---- the decision ------------------------------------------------------------------------
 
@@ -257,24 +118,26 @@ def decide(
         st.reason = REASON_CREATED
         if policy.initializer:
             st.initializer = api.InitializerStatus()
-        if not spec.suspend and _admitted(d):
+        if not spec.suspend and queue_steps.admitted(d):
             _start_attempt(job, st, cur, 1, now, d)
 
     deadline = spec.run_policy.active_deadline_seconds
     started = parse_time(st.start_time)
     if deadline and started and not spec.suspend and now - started >= timedelta(seconds=deadline):
         msg = f"job ran longer than activeDeadlineSeconds={deadline}"
-        _fail(st, cur, REASON_DEADLINE, msg, now, d)
+        fail(st, cur, REASON_DEADLINE, msg, now, d)
     elif spec.suspend:
         _suspend(st, cur, now, d)
-    elif not _admitted(d):
-        _queue(st, cur, pods, now, d)
+    elif not queue_steps.admitted(d):
+        queue_steps.queue(st, cur, pods, now, d)
     elif st.phase == Phase.Queued or (st.phase == Phase.Suspended and d.queue is not None):
-        _admit(job, st, cur, pods, now, d)
+        if queue_steps.admit(st, cur, pods, now, d):
+            _start_attempt(job, st, cur, cur.attempt + 1, now, d)
     elif st.phase == Phase.Suspended:
         _resume(job, st, cur, pods, now, d)
-    elif _initializing(st):
-        _init_step(job, st, cur, pods, now, policy, d)
+    elif init_steps.initializing(st):
+        if init_steps.step(job, st, cur, pods, now, policy, d):
+            _start_attempt(job, st, cur, 1, now, d)  # the preflight passed
     else:
         _step(job, st, cur, pods, now, scrape, policy, d)
     d.delete_pods = _unwanted(job, st, pods)
@@ -299,7 +162,7 @@ def invalid(
     failed = condition(st, COND_FAILED)
     if st.phase != Phase.Failed or failed is None or failed.message != message:
         st.completion_time = st.completion_time or fmt_time(now)
-        _set_phase(st, Phase.Failed, REASON_VALIDATION, message, now)
+        set_phase(st, Phase.Failed, REASON_VALIDATION, message, now)
     return st
 
 
@@ -320,12 +183,6 @@ def _sync_stages(st: LLMTrainingJobStatus, job: api.LLMTrainingJob) -> None:
     st.stages = [by_name.get(s.name) or StageStatus(name=s.name) for s in job.spec.stages]
 
 
-def current_stage(st: LLMTrainingJobStatus | None) -> StageStatus | None:
-    if st is None:
-        return None
-    return next((s for s in st.stages if s.name == st.current_stage), None)
-
-
 def _start_attempt(
     job: api.LLMTrainingJob,
     st: LLMTrainingJobStatus,
@@ -336,7 +193,7 @@ def _start_attempt(
 ) -> None:
     ini = st.initializer
     if ini is not None and ini.phase != Phase.Succeeded:  # no gang before the preflight
-        _start_init(st, ini.attempt + 1, now, d)
+        init_steps.start(st, ini.attempt + 1, now, d)
         return
     cur.attempt, cur.phase = attempt, Phase.Pending
     cur.start_time = cur.start_time or fmt_time(now)
@@ -344,7 +201,7 @@ def _start_attempt(
     first = layout.stage_index(job, cur.name) == 0 and attempt == 1
     if st.phase != Phase.Restarting:  # a retry stays Restarting until its gang runs
         phase = Phase.Pending if first else Phase.Initializing
-        _set_phase(st, phase, REASON_STAGE_STARTED, f"stage {cur.name} attempt {attempt}", now)
+        set_phase(st, phase, REASON_STAGE_STARTED, f"stage {cur.name} attempt {attempt}", now)
     d.ensure = (cur.name, attempt)
 
 
@@ -360,7 +217,7 @@ def _step(
 ) -> None:
     """Advance a running (or restarting) stage by what its pods show."""
     mine = [p for p in pods if p.stage == cur.name and p.attempt == cur.attempt]
-    if cur.phase in _LIVE:
+    if cur.phase in LIVE:
         _observe_gang(job, st, cur, mine, now, scrape, policy, d)
     # Retry once the old gang is gone (its SIGTERM checkpoint must land first) and the
     # backoff has passed.
@@ -409,12 +266,12 @@ def _observe_gang(
                 d.time_to_running = (now - created).total_seconds() if created else None
             cur.phase, cur.last_progress_time = Phase.Running, fmt_time(now)
             msg = f"{where}: all {workers} pod(s) running"
-            _set_phase(st, Phase.Running, REASON_RUNNING, msg, now)
+            set_phase(st, Phase.Running, REASON_RUNNING, msg, now)
             d.events.append(Event(NORMAL, REASON_RUNNING, msg))
     elif cur.phase == Phase.Pending:
         cur.phase = Phase.Initializing
         if st.phase == Phase.Pending:
-            _set_phase(st, Phase.Initializing, REASON_STAGE_STARTED, where, now)
+            set_phase(st, Phase.Initializing, REASON_STAGE_STARTED, where, now)
 
 
 def _pending(
@@ -464,21 +321,6 @@ def _gang_failure(
     return failure
 
 
-def classify(p: PodView) -> Failure:
-    """The trainer's exit-code contract, plus evictions, preemptions and deletions."""
-    who = f"pod {p.name} (rank {p.rank})"
-    if p.disruption in _PREEMPTION:
-        return Failure(REASON_PREEMPTED, True, f"{who} was preempted")
-    if p.reason == "Evicted" or p.disruption is not None:
-        return Failure(REASON_EVICTED, True, f"{who} was evicted ({p.disruption or p.reason})")
-    if p.deleting and p.phase != "Failed":
-        return Failure(REASON_DELETED, True, f"{who} was deleted")
-    if not retryable(p.exit_code):
-        return Failure(REASON_PERMANENT, False, f"{who} exited with code {p.exit_code}")
-    code = "no exit code" if p.exit_code is None else f"exit code {p.exit_code}"
-    return Failure(REASON_POD_FAILED, True, f"{who} failed ({p.reason or 'Error'}, {code})")
-
-
 def _attempt_failed(
     job: api.LLMTrainingJob,
     st: LLMTrainingJobStatus,
@@ -491,11 +333,11 @@ def _attempt_failed(
     limit = job.spec.run_policy.backoff_limit
     where = f"stage {cur.name} attempt {cur.attempt}"
     if not failure.retryable:
-        _fail(st, cur, failure.reason, f"{where}: {failure.message}", now, d)
+        fail(st, cur, failure.reason, f"{where}: {failure.message}", now, d)
         return
     if cur.restarts >= limit:
         msg = f"{where}: {failure.message}; {cur.restarts} restart(s), backoffLimit is {limit}"
-        _fail(st, cur, REASON_BACKOFF, msg, now, d)
+        fail(st, cur, REASON_BACKOFF, msg, now, d)
         return
     cur.restarts += 1
     cur.phase = Phase.Restarting
@@ -506,24 +348,10 @@ def _attempt_failed(
         f"{where}: {failure.message}; retrying as attempt {cur.attempt + 1} "
         f"at {cur.retry_after} (backoff {wait:g}s)"
     )
-    _set_phase(st, Phase.Restarting, failure.reason, msg, now)
+    set_phase(st, Phase.Restarting, failure.reason, msg, now)
     d.events.append(Event(WARNING, failure.reason, msg))
     d.restarts.append(failure.reason)
     d.delete_attempts.append((cur.name, cur.attempt))
-
-
-def _fail(
-    st: LLMTrainingJobStatus,
-    cur: StageStatus,
-    reason: str,
-    message: str,
-    now: datetime,
-    d: Decision,
-) -> None:
-    cur.phase, cur.message = Phase.Failed, message
-    cur.completion_time = st.completion_time = fmt_time(now)
-    _set_phase(st, Phase.Failed, reason, message, now)
-    d.events.append(Event(WARNING, reason, message))
 
 
 def _stage_succeeded(
@@ -552,14 +380,14 @@ def _stage_succeeded(
         st.current_stage = nxt.name
         st.progress, st.loss = None, None
         if d.queue is not None:  # the next stage's Workload queues first
-            _queue(st, nxt, [], now, d)
+            queue_steps.queue(st, nxt, [], now, d)
             return
         d.events.append(Event(NORMAL, REASON_STAGE_STARTED, f"stage {nxt.name} started"))
         _start_attempt(job, st, nxt, 1, now, d)
         return
     st.completion_time = fmt_time(now)
     msg = f"all {len(st.stages)} stage(s) succeeded"
-    _set_phase(st, Phase.Succeeded, REASON_SUCCEEDED, msg, now)
+    set_phase(st, Phase.Succeeded, REASON_SUCCEEDED, msg, now)
     d.events.append(Event(NORMAL, REASON_SUCCEEDED, msg))
 
 
@@ -582,9 +410,7 @@ def _gates_pass(
     if not failed:
         return True
     st.failed_gate = f"{cur.name}: {'; '.join(failed)}"
-    _fail(
-        st, cur, REASON_GATE_FAILED, f"stage {cur.name}: gate failed: {'; '.join(failed)}", now, d
-    )
+    fail(st, cur, REASON_GATE_FAILED, f"stage {cur.name}: gate failed: {'; '.join(failed)}", now, d)
     return False
 
 
@@ -596,7 +422,7 @@ def _suspend(st: LLMTrainingJobStatus, cur: StageStatus, now: datetime, d: Decis
     cur.phase = Phase.Suspended
     st.start_time = None  # like a Job: the deadline clock restarts on resume
     msg = f"suspended at stage {cur.name}; pods are removed after they checkpoint"
-    _set_phase(st, Phase.Suspended, REASON_SUSPENDED, msg, now)
+    set_phase(st, Phase.Suspended, REASON_SUSPENDED, msg, now)
     d.events.append(Event(NORMAL, REASON_SUSPENDED, msg))
 
 
@@ -614,71 +440,6 @@ def _resume(
     set_condition(st, COND_SUSPENDED, False, REASON_RESUMED, msg, now)
     st.phase, st.reason = Phase.Initializing, REASON_RESUMED
     d.events.append(Event(NORMAL, REASON_RESUMED, msg))
-    _start_attempt(job, st, cur, cur.attempt + 1, now, d)
-
-
-def _admitted(d: Decision) -> bool:
-    return d.queue is None or d.queue.admitted
-
-
-def _queue(
-    st: LLMTrainingJobStatus, cur: StageStatus, pods: list[PodView], now: datetime, d: Decision
-) -> None:
-    """Kueue has not admitted the stage (or evicted it): no pods. An evicted gang goes like
-    a suspended one (head first: its SIGTERM checkpoint lands), shown Suspended with
-    Kueue's reason; once it is gone the reconciler re-queues the Workload: Queued."""
-    q = d.queue
-    assert q is not None
-    where = f"stage {cur.name}"
-    if cur.phase in (*_LIVE, Phase.Restarting) and cur.attempt > 0:
-        d.delete_attempts.append((cur.name, cur.attempt))
-        cur.phase = Phase.Suspended
-        st.start_time = None
-        msg = f"{where}: evicted by Kueue ({q.evicted or 'admission withdrawn'}): {q.message}"
-        msg = msg.rstrip(": ") + "; pods are removed after they checkpoint"
-        _set_phase(st, Phase.Suspended, q.evicted or REASON_SUSPENDED, msg, now)
-        d.events.append(Event(WARNING, q.evicted or REASON_SUSPENDED, msg))
-        return
-    if q.evicted or any(p.stage == cur.name and p.attempt == cur.attempt for p in pods):
-        return  # the evicted gang is still checkpointing and terminating
-    why = "" if q.admitted else q.message  # admitted: the previous stage's, at a hand-off
-    msg = f"{where}: waiting in queue {q.queue}" if q.queue else f"{where}: waiting for Kueue"
-    msg += f": {why}" if why else ""
-    queued = condition(st, COND_QUEUED)
-    if st.phase != Phase.Queued or queued is None or queued.message != msg:
-        if st.phase != Phase.Queued:
-            d.events.append(Event(NORMAL, REASON_QUEUED, msg))
-        cur.phase = Phase.Queued
-        _set_phase(st, Phase.Queued, REASON_QUEUED, msg, now)
-
-
-def _admit(
-    job: api.LLMTrainingJob,
-    st: LLMTrainingJobStatus,
-    cur: StageStatus,
-    pods: list[PodView],
-    now: datetime,
-    d: Decision,
-) -> None:
-    """Kueue admitted the stage's Workload: start its next attempt (a resumed one starts
-    from the newest checkpoint)."""
-    if any(p.stage == cur.name and p.attempt == cur.attempt for p in pods):
-        return  # the evicted gang is still terminating
-    q = d.queue
-    queued = condition(st, COND_QUEUED)
-    if queued is not None and queued.status == "True":
-        since = parse_time(queued.last_transition_time)
-        d.queued_seconds = (now - since).total_seconds() if since else None
-    msg = f"stage {cur.name}: admitted by Kueue" + (
-        f" (ClusterQueue {q.cluster_queue})" if q and q.cluster_queue else ""
-    )
-    d.events.append(Event(NORMAL, REASON_ADMITTED, msg))
-    set_condition(st, COND_QUEUED, False, REASON_ADMITTED, msg, now)
-    if cur.attempt > 0:
-        resumed = f"resumed at stage {cur.name}"
-        set_condition(st, COND_SUSPENDED, False, REASON_RESUMED, resumed, now)
-        d.events.append(Event(NORMAL, REASON_RESUMED, resumed))
-    st.phase, st.reason = Phase.Initializing, REASON_ADMITTED
     _start_attempt(job, st, cur, cur.attempt + 1, now, d)
 
 
@@ -707,7 +468,7 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
     pods = [p for p in pods if p.stage != layout.INIT_STAGE]
     order = {s.name: i for i, s in enumerate(job.spec.stages)}
     here = (order.get(cur.name, -1), cur.attempt)
-    live = cur.phase in _LIVE and st.phase not in TERMINAL and st.phase != Phase.Suspended
+    live = cur.phase in LIVE and st.phase not in TERMINAL and st.phase != Phase.Suspended
     last = {s.name: s.attempt for s in st.stages if s.phase in TERMINAL}
     keep = set()
     if st.phase == Phase.Failed:
@@ -730,125 +491,7 @@ def _unwanted(job: api.LLMTrainingJob, st: LLMTrainingJobStatus, pods: list[PodV
         if p.rank != 0 and (p.stage, p.attempt) in heads and not p.terminal:
             continue  # after its head
         out.append(p.name)
-    return out + _unwanted_init(st, init)
-
-
-# ---- the initializer ---------------------------------------------------------------------
-
-
-def _initializing(st: LLMTrainingJobStatus) -> bool:
-    ini = st.initializer
-    return ini is not None and ini.attempt > 0 and ini.phase not in TERMINAL
-
-
-def _start_init(st: LLMTrainingJobStatus, attempt: int, now: datetime, d: Decision) -> None:
-    ini = st.initializer
-    assert ini is not None
-    ini.attempt, ini.phase, ini.message, ini.retry_after = attempt, Phase.Pending, None, None
-    msg = f"initializer attempt {attempt}: fetching inputs, then the preflight"
-    _set_phase(st, Phase.Initializing, REASON_INIT_STARTED, msg, now)
-    d.ensure_init = attempt
-
-
-def _init_step(
-    job: api.LLMTrainingJob,
-    st: LLMTrainingJobStatus,
-    cur: StageStatus,
-    pods: list[PodView],
-    now: datetime,
-    policy: Policy,
-    d: Decision,
-) -> None:
-    """The initializer pod's outcome: its preflight passed (the first gang starts), failed
-    (PreflightFailed, permanent: the job's own data, template or memory), or it failed
-    otherwise (retried, as a stage attempt is)."""
-    ini = st.initializer
-    assert ini is not None
-    pod = next((p for p in pods if p.stage == layout.INIT_STAGE and p.attempt == ini.attempt), None)
-    due = parse_time(ini.retry_after)
-    if ini.phase == Phase.Restarting:  # the failed pod holds nothing: no need to wait for it
-        if due is None or now >= due:
-            _start_init(st, ini.attempt + 1, now, d)
-        return
-    if pod is None:
-        if ini.phase == Phase.Running:
-            _init_failed(
-                job, st, cur, Failure(REASON_DELETED, True, "pod was deleted"), now, policy, d
-            )
-        else:
-            d.ensure_init = ini.attempt
-        return
-    if pod.phase == "Succeeded":
-        ini.phase, ini.message = Phase.Succeeded, None
-        ini.preflight = _figures(pod.message)
-        msg = "preflight passed: " + "; ".join(
-            f"{f.stage}: {f.kept} kept, {f.dropped} dropped, "
-            f"~{(f.memory_bytes or 0) / 2**30:.1f} GiB per GPU"
-            for f in ini.preflight
-        )
-        d.events.append(Event(NORMAL, REASON_PREFLIGHT_PASSED, msg))
-        _start_attempt(job, st, cur, 1, now, d)
-    elif pod.phase == "Failed" or pod.deleting:
-        failure = classify(pod)
-        if not failure.retryable and pod.message:
-            failure = Failure(REASON_PREFLIGHT, False, pod.message.strip().replace("\n", "; "))
-        _init_failed(job, st, cur, failure, now, policy, d)
-    elif pod.phase == "Running":
-        ini.phase = Phase.Running
-
-
-def _init_failed(
-    job: api.LLMTrainingJob,
-    st: LLMTrainingJobStatus,
-    cur: StageStatus,
-    failure: Failure,
-    now: datetime,
-    policy: Policy,
-    d: Decision,
-) -> None:
-    ini = st.initializer
-    assert ini is not None
-    limit = job.spec.run_policy.backoff_limit
-    where = f"initializer attempt {ini.attempt}"
-    if not failure.retryable or ini.restarts >= limit:
-        ini.phase, ini.message = Phase.Failed, failure.message
-        reason = failure.reason if not failure.retryable else REASON_BACKOFF
-        msg = f"{where}: {failure.message}"
-        if failure.retryable:
-            msg += f"; {ini.restarts} restart(s), backoffLimit is {limit}"
-        _fail(st, cur, reason, msg, now, d)
-        return
-    ini.restarts += 1
-    ini.phase, ini.message = Phase.Restarting, failure.message
-    wait = policy.backoff(ini.restarts)
-    ini.retry_after = fmt_time(now + timedelta(seconds=math.ceil(wait)))
-    msg = f"{where}: {failure.message}; retrying at {ini.retry_after}"
-    _set_phase(st, Phase.Restarting, failure.reason, msg, now)
-    d.events.append(Event(WARNING, failure.reason, msg))
-    d.restarts.append(failure.reason)
-
-
-def _figures(message: str | None) -> list[api.StagePreflight]:
-    """The preflight's figures from the initializer's termination message (compact JSON)."""
-    try:
-        rows = json.loads(message or "")["stages"]
-        return [api.StagePreflight.model_validate(r) for r in rows]
-    except (ValueError, KeyError, TypeError):
-        return []
-
-
-def _unwanted_init(st: LLMTrainingJobStatus, pods: list[PodView]) -> list[str]:
-    """Initializer pods to remove: older attempts, and a live one the job no longer waits
-    for (suspended, failed). The last attempt's finished pod stays, for its logs."""
-    ini = st.initializer
-    attempt = ini.attempt if ini else 0
-    waiting = _initializing(st) and st.phase not in (Phase.Suspended, *TERMINAL)
-    return [
-        p.name
-        for p in pods
-        if not p.deleting
-        and (p.attempt < attempt or (p.attempt == attempt and not p.terminal and not waiting))
-    ]
+    return out + init_steps.unwanted(st, init)
 
 
 # ---- progress ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llmtrain.operator import api, state
+from llmtrain.operator import api, status
 from llmtrain.operator.api import Phase
 from llmtrain.operator.metrics import OperatorMetrics
 from llmtrain.operator.progress import PodView, result_metrics
@@ -38,10 +38,10 @@ def test_a_failed_gate_fails_the_job_and_starts_no_later_stage() -> None:
     w.set(0, "Succeeded", exit_code=0, message=message(evalLoss=1.73, **{"probes.passRate": 1}))
     d = w.step()
     st = w.status
-    assert st is not None and st.phase == Phase.Failed and st.reason == state.REASON_GATE_FAILED
+    assert st is not None and st.phase == Phase.Failed and st.reason == status.REASON_GATE_FAILED
     assert d.ensure is None and st.current_stage == "sft"
     assert st.stages[1].attempt == 0  # dpo never started
-    failed = w.cond(state.COND_FAILED)
+    failed = w.cond(status.COND_FAILED)
     assert failed is not None and failed.reason == "GateFailed"
     assert failed.message == "stage sft: gate failed: evalLoss = 1.73, outside gate max 1.2"
     assert st.failed_gate == "sft: evalLoss = 1.73, outside gate max 1.2"
@@ -50,7 +50,7 @@ def test_a_failed_gate_fails_the_job_and_starts_no_later_stage() -> None:
         ("evalLoss", 1.73, False),
         ("probes.passRate", 1.0, True),
     ]
-    assert [e.reason for e in d.events] == [state.REASON_GATE_FAILED]
+    assert [e.reason for e in d.events] == [status.REASON_GATE_FAILED]
     assert w.step().status == st  # terminal: later passes change nothing
 
 

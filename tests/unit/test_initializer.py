@@ -11,9 +11,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmtrain.operator import api, layout, manifests, state
+from llmtrain.operator import api, layout, manifests, state, status
 from llmtrain.operator.api import Phase
-from llmtrain.operator.state import PodView, Policy
+from llmtrain.operator.progress import PodView
+from llmtrain.operator.status import Decision, Policy
 from llmtrain.trainer.contract import ExitCode
 from llmtrain.trainer.inputs import InitConfig
 
@@ -45,9 +46,7 @@ DOC: dict[str, Any] = {
 POLICY = Policy(retry_backoff=0, permanent_grace=0, initializer=True)
 
 
-def _pass(
-    status: api.LLMTrainingJobStatus | None, pods: list[PodView], dt: int = 0
-) -> state.Decision:
+def _pass(status: api.LLMTrainingJobStatus | None, pods: list[PodView], dt: int = 0) -> Decision:
     job = api.parse_job(copy.deepcopy(DOC))
     job.status = status
     return state.decide(job, pods, T0 + timedelta(seconds=dt), policy=POLICY)
@@ -87,7 +86,7 @@ def test_a_passed_preflight_starts_the_first_stage_with_its_figures() -> None:
     assert ini and ini.phase == Phase.Succeeded
     (fig,) = ini.preflight
     assert (fig.kept, fig.dropped, fig.tokens_p50, fig.memory_bytes) == (90, 10, 40, 3 * 2**30)
-    assert [e.reason for e in d.events] == [state.REASON_PREFLIGHT_PASSED]
+    assert [e.reason for e in d.events] == [status.REASON_PREFLIGHT_PASSED]
     # Later passes leave the finished initializer pod (its logs) and start no second one.
     d = _pass(d.status, [_init_pod(1, "Succeeded", 0)], 10)
     assert d.ensure_init is None and d.delete_pods == []
@@ -100,8 +99,8 @@ def test_a_failed_preflight_fails_the_job_with_the_paths_and_no_gang() -> None:
     )
     pod = _init_pod(1, "Failed", ExitCode.PERMANENT, problems + "\n")
     d = _pass(d.status, [pod], 5)
-    assert d.status.phase == Phase.Failed and d.status.reason == state.REASON_PREFLIGHT
-    failed = state.condition(d.status, state.COND_FAILED)
+    assert d.status.phase == Phase.Failed and d.status.reason == status.REASON_PREFLIGHT
+    failed = status.condition(d.status, status.COND_FAILED)
     assert failed and failed.reason == "PreflightFailed" and problems in failed.message
     assert [e.reason for e in d.events] == ["PreflightFailed"]  # one event
     assert d.ensure is None and d.delete_pods == []  # the failed pod stays for its logs
@@ -117,7 +116,7 @@ def test_other_initializer_failures_retry_within_the_backoff_limit() -> None:
     d = _pass(d.status, [_init_pod(1, "Failed", ExitCode.RETRYABLE)], 6)
     assert d.ensure_init == 2 and d.delete_pods == [layout.init_name("j", 1)]
     d = _pass(d.status, [_init_pod(2, "Failed", 137)], 7)
-    assert d.status.phase == Phase.Failed and d.status.reason == state.REASON_BACKOFF
+    assert d.status.phase == Phase.Failed and d.status.reason == status.REASON_BACKOFF
 
 
 def test_the_initializer_pod_is_cpu_only_and_carries_its_config() -> None:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from llmtrain.operator import api, kueue, layout, state
+from llmtrain.operator import api, kueue, layout, state, status
 from llmtrain.operator.api import Phase
-from llmtrain.operator.state import PodView
+from llmtrain.operator.progress import PodView
 from tests.unit.test_state import DOC, World
 
 ADMITTED = kueue.Admission("sft", admitted=True, cluster_queue="cq", flavors=["gpu"])
@@ -26,7 +26,7 @@ EVICTED = kueue.Admission("sft", evicted="Preempted", message="Preempted to acco
 class QWorld(World):
     queue: kueue.Admission | None = WAITING
 
-    def step(self, seconds: float = 1, scrape: Any = None) -> state.Decision:
+    def step(self, seconds: float = 1, scrape: Any = None) -> status.Decision:
         self.now += timedelta(seconds=seconds)
         self.seen = list(self.pods.values())
         d = state.decide(self.job(), self.seen, self.now, scrape, self.policy, self.queue)
@@ -113,13 +113,13 @@ def test_no_pod_before_admission_then_the_gang_starts() -> None:
     d = w.step()
     assert d.ensure is None and w.status is not None and w.status.phase == Phase.Queued
     assert w.cur().phase == Phase.Queued and w.cur().attempt == 0
-    assert [e.reason for e in d.events] == [state.REASON_QUEUED]
+    assert [e.reason for e in d.events] == [status.REASON_QUEUED]
     assert w.step(30).events == []  # still waiting: said once
     w.queue = ADMITTED
     d = w.step()
     assert d.ensure == ("sft", 1) and d.queued_seconds == 31
-    assert state.REASON_ADMITTED in [e.reason for e in d.events]
-    queued = w.cond(state.COND_QUEUED)
+    assert status.REASON_ADMITTED in [e.reason for e in d.events]
+    queued = w.cond(status.COND_QUEUED)
     assert queued is not None and queued.status == "False"
 
 
@@ -142,7 +142,7 @@ def test_eviction_tears_the_gang_down_head_first_and_requeues_then_resumes() -> 
     w.queue = ADMITTED
     d = w.step()
     assert d.ensure == ("sft", 2) and w.cur().restarts == 0
-    assert {state.REASON_ADMITTED, state.REASON_RESUMED} <= {e.reason for e in d.events}
+    assert {status.REASON_ADMITTED, status.REASON_RESUMED} <= {e.reason for e in d.events}
 
 
 def test_a_stage_hand_off_queues_the_next_stage() -> None:

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from llmtrain.operator import api, state
+from llmtrain.operator import api, state, status
 from llmtrain.operator.api import Phase
-from llmtrain.operator.state import PodView, Policy, Scrape
+from llmtrain.operator.progress import PodView
+from llmtrain.operator.status import Policy, Scrape
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -51,7 +52,7 @@ class World:
     status: api.LLMTrainingJobStatus | None = None
     pods: dict[str, PodView] = field(default_factory=dict)
     now: datetime = T0
-    last: state.Decision | None = None
+    last: status.Decision | None = None
     seen: list[PodView] = field(default_factory=list)  # the pods the last pass looked at
     # No retry backoff nor permanent grace unless a test asks; a short scrape grace.
     policy: Policy = field(
@@ -65,7 +66,7 @@ class World:
         job.status = self.status
         return job
 
-    def step(self, seconds: float = 1, scrape: Scrape | None = None) -> state.Decision:
+    def step(self, seconds: float = 1, scrape: Scrape | None = None) -> status.Decision:
         """One pass, then apply it as the operator and the cluster would."""
         self.now += timedelta(seconds=seconds)
         self.seen = list(self.pods.values())
@@ -93,13 +94,13 @@ class World:
                 self.pods[name] = replace(p, phase="Running")
 
     def cur(self) -> api.StageStatus:
-        cur = state.current_stage(self.status)
+        cur = status.current_stage(self.status)
         assert cur is not None
         return cur
 
     def cond(self, type_: str) -> api.Condition | None:
         assert self.status is not None
-        return state.condition(self.status, type_)
+        return status.condition(self.status, type_)
 
 
 def running(w: World | None = None) -> World:
@@ -122,12 +123,12 @@ def test_first_pass_starts_attempt_one() -> None:
     assert [s.name for s in st.stages] == ["sft", "dpo"]
     assert (st.stages[0].attempt, st.stages[0].phase) == (1, Phase.Pending)
     assert st.start_time is None and st.observed_generation == 1  # no pod exists yet
-    created = w.cond(state.COND_CREATED)
+    created = w.cond(status.COND_CREATED)
     assert created is not None and created.message == "2 stage(s): sft, dpo"
     assert (st.stage_summary, st.restarts, st.reason) == (
         "sft (1/2)",
         0,
-        state.REASON_STAGE_STARTED,
+        status.REASON_STAGE_STARTED,
     )
     w.step()  # the pods exist: the clock of activeDeadlineSeconds starts
     assert w.status is not None and w.status.start_time == "2026-01-01T00:00:02Z"
@@ -144,10 +145,10 @@ def test_pending_initializing_running() -> None:
     w.set(1, "Running")
     d = w.step()
     assert w.status.phase == Phase.Running and w.cur().phase == Phase.Running
-    c = w.cond(state.COND_RUNNING)
-    assert c is not None and (c.status, c.reason) == ("True", state.REASON_RUNNING)
+    c = w.cond(status.COND_RUNNING)
+    assert c is not None and (c.status, c.reason) == ("True", status.REASON_RUNNING)
     assert d.time_to_running == 4.0
-    assert [e.reason for e in d.events] == [state.REASON_RUNNING]
+    assert [e.reason for e in d.events] == [status.REASON_RUNNING]
     assert w.step().status == w.status  # a quiet pass changes nothing
 
 
@@ -163,13 +164,13 @@ def test_stage_success_starts_next_stage_from_its_output() -> None:
     assert d.delete_pods == ["j-sft-a1-1"]  # rank 0 stays for its logs
     assert d.stage_durations and d.stage_durations[0][0] == "sft"
     reasons = {e.reason for e in d.events}
-    assert reasons == {state.REASON_STAGE_SUCCEEDED, state.REASON_STAGE_STARTED}
+    assert reasons == {status.REASON_STAGE_SUCCEEDED, status.REASON_STAGE_STARTED}
     running(w)
     w.set(0, "Succeeded", exit_code=0)
     d = w.step()
     assert w.status.phase == Phase.Succeeded and w.status.completion_time
-    assert w.cond(state.COND_SUCCEEDED).status == "True"  # type: ignore[union-attr]
-    assert w.cond(state.COND_RUNNING).status == "False"  # type: ignore[union-attr]
+    assert w.cond(status.COND_SUCCEEDED).status == "True"  # type: ignore[union-attr]
+    assert w.cond(status.COND_RUNNING).status == "False"  # type: ignore[union-attr]
     assert sorted(w.pods) == ["j-dpo-a1-0", "j-sft-a1-0"]
     assert w.step().status == w.status
 
@@ -177,14 +178,14 @@ def test_stage_success_starts_next_stage_from_its_output() -> None:
 @pytest.mark.parametrize(
     "pod, reason",
     [
-        (dict(phase="Failed", exit_code=137, reason="OOMKilled"), state.REASON_POD_FAILED),
-        (dict(phase="Failed", exit_code=143), state.REASON_POD_FAILED),
-        (dict(phase="Failed", reason="Evicted"), state.REASON_EVICTED),
-        (dict(phase="Failed", disruption="PreemptionByScheduler"), state.REASON_PREEMPTED),
-        (dict(deleting=True), state.REASON_DELETED),
-        (dict(phase="Failed"), state.REASON_POD_FAILED),
-        (dict(phase="Failed", exit_code=75), state.REASON_POD_FAILED),  # ExitCode.RETRYABLE
-        (dict(phase="Failed", exit_code=1), state.REASON_POD_FAILED),  # unknown: transient
+        (dict(phase="Failed", exit_code=137, reason="OOMKilled"), status.REASON_POD_FAILED),
+        (dict(phase="Failed", exit_code=143), status.REASON_POD_FAILED),
+        (dict(phase="Failed", reason="Evicted"), status.REASON_EVICTED),
+        (dict(phase="Failed", disruption="PreemptionByScheduler"), status.REASON_PREEMPTED),
+        (dict(deleting=True), status.REASON_DELETED),
+        (dict(phase="Failed"), status.REASON_POD_FAILED),
+        (dict(phase="Failed", exit_code=75), status.REASON_POD_FAILED),  # ExitCode.RETRYABLE
+        (dict(phase="Failed", exit_code=1), status.REASON_POD_FAILED),  # unknown: transient
     ],
 )
 def test_retryable_failure_restarts_the_gang(pod: dict[str, Any], reason: str) -> None:
@@ -207,7 +208,7 @@ def test_retryable_failure_restarts_the_gang(pod: dict[str, Any], reason: str) -
     w.run_all()
     w.step()
     assert w.status.phase == Phase.Running
-    assert w.cond(state.COND_RESTARTING).status == "False"  # type: ignore[union-attr]
+    assert w.cond(status.COND_RESTARTING).status == "False"  # type: ignore[union-attr]
 
 
 def test_a_deleted_pod_is_a_gang_failure() -> None:
@@ -215,7 +216,7 @@ def test_a_deleted_pod_is_a_gang_failure() -> None:
     del w.pods["j-sft-a1-1"]
     w.step()
     assert w.cur().phase == Phase.Restarting and w.last is not None
-    assert w.last.restarts == [state.REASON_DELETED]
+    assert w.last.restarts == [status.REASON_DELETED]
 
 
 def test_restart_waits_for_the_old_gang_to_terminate() -> None:
@@ -237,15 +238,15 @@ def test_permanent_exit_code_fails_the_job() -> None:
     d = w.step()
     st = w.status
     assert st is not None and st.phase == Phase.Failed and w.cur().phase == Phase.Failed
-    failed = w.cond(state.COND_FAILED)
-    assert failed is not None and failed.reason == state.REASON_PERMANENT
+    failed = w.cond(status.COND_FAILED)
+    assert failed is not None and failed.reason == status.REASON_PERMANENT
     assert "exited with code 2" in failed.message
     assert d.delete_pods == ["j-sft-a1-1"]  # the failed rank 0 stays for its logs
     assert d.restarts == []
     # Every condition says how the job ended, not what an earlier stage did.
-    running_cond = w.cond(state.COND_RUNNING)
+    running_cond = w.cond(status.COND_RUNNING)
     assert running_cond is not None and running_cond.status == "False"
-    assert running_cond.reason == state.REASON_PERMANENT and st.reason == state.REASON_PERMANENT
+    assert running_cond.reason == status.REASON_PERMANENT and st.reason == status.REASON_PERMANENT
 
 
 def test_the_pod_that_failed_first_is_kept_with_rank_0() -> None:
@@ -268,20 +269,20 @@ def test_the_gang_is_judged_by_its_most_retryable_failure() -> None:
     w.set(0, "Failed", exit_code=137, reason="OOMKilled")
     w.set(1, "Failed", exit_code=2)
     d = w.step()
-    assert w.cur().phase == Phase.Restarting and d.restarts == [state.REASON_POD_FAILED]
+    assert w.cur().phase == Phase.Restarting and d.restarts == [status.REASON_POD_FAILED]
 
 
 def test_a_permanent_exit_waits_for_the_rest_of_the_gang() -> None:
     """The worker reports first, the OOM-killed head a moment later: a retry, not a failure."""
     w = running(World(policy=Policy(retry_backoff=0, permanent_grace=10)))
-    w.set(1, "Failed", exit_code=2, finished_at=state.fmt_time(w.now))
+    w.set(1, "Failed", exit_code=2, finished_at=status.fmt_time(w.now))
     d = w.step(3)
     assert w.cur().phase == Phase.Running and d.restarts == [] and d.delete_pods == []
-    w.set(0, "Failed", exit_code=137, reason="OOMKilled", finished_at=state.fmt_time(w.now))
-    assert w.step().restarts == [state.REASON_POD_FAILED]
+    w.set(0, "Failed", exit_code=137, reason="OOMKilled", finished_at=status.fmt_time(w.now))
+    assert w.step().restarts == [status.REASON_POD_FAILED]
     # Alone, it fails the job once the grace is over (or at once when no pod still runs).
     w = running(World(policy=Policy(retry_backoff=0, permanent_grace=10)))
-    w.set(1, "Failed", exit_code=2, finished_at=state.fmt_time(w.now))
+    w.set(1, "Failed", exit_code=2, finished_at=status.fmt_time(w.now))
     assert w.step(3).status.phase == Phase.Running
     assert w.step(8).status.phase == Phase.Failed
 
@@ -298,8 +299,8 @@ def test_retries_back_off_exponentially_and_say_when() -> None:
         w.step()
         failed_at = w.now
         cur = w.cur()
-        assert cur.retry_after == state.fmt_time(failed_at + timedelta(seconds=wait))
-        restarting = w.cond(state.COND_RESTARTING)
+        assert cur.retry_after == status.fmt_time(failed_at + timedelta(seconds=wait))
+        restarting = w.cond(status.COND_RESTARTING)
         assert restarting is not None and f"at {cur.retry_after} (backoff {wait}s)" in (
             restarting.message
         )
@@ -320,9 +321,9 @@ def test_backoff_limit_is_per_stage_and_survives_in_status() -> None:
     assert w.cur().attempt == 2 and w.cur().restarts == 1
     w.set(0, "Failed", exit_code=255)
     w.step()
-    failed = w.cond(state.COND_FAILED)
+    failed = w.cond(status.COND_FAILED)
     assert w.status is not None and w.status.phase == Phase.Failed
-    assert failed is not None and failed.reason == state.REASON_BACKOFF
+    assert failed is not None and failed.reason == status.REASON_BACKOFF
 
 
 def test_progress_is_copied_and_stall_restarts() -> None:
@@ -352,24 +353,24 @@ def test_progress_is_copied_and_stall_restarts() -> None:
     assert w.cur().progress.step == 10
     assert w.step(30).restarts == []  # without a reading, nobody can say it stalled
     d = w.step(1, scrape=Scrape("sft", 1, values))
-    assert w.cur().phase == Phase.Restarting and d.restarts == [state.REASON_STALLED]
+    assert w.cur().phase == Phase.Restarting and d.restarts == [status.REASON_STALLED]
 
 
 def test_an_unreadable_driver_is_progress_unknown_not_a_stall() -> None:
     w = running()  # stallTimeoutSeconds 60, scrape grace 5 s
     refused = Scrape("sft", 1, None, "connection refused")
     assert w.step(1, scrape=refused).events == []  # still starting up: within the grace
-    assert w.cond(state.COND_PROGRESS_UNKNOWN) is None
+    assert w.cond(status.COND_PROGRESS_UNKNOWN) is None
     d = w.step(10, scrape=refused)
-    unknown = w.cond(state.COND_PROGRESS_UNKNOWN)
+    unknown = w.cond(status.COND_PROGRESS_UNKNOWN)
     assert unknown is not None and unknown.status == "True"
-    assert unknown.reason == state.REASON_SCRAPE_FAILED and "connection refused" in unknown.message
-    assert [e.reason for e in d.events] == [state.REASON_SCRAPE_FAILED]
+    assert unknown.reason == status.REASON_SCRAPE_FAILED and "connection refused" in unknown.message
+    assert [e.reason for e in d.events] == [status.REASON_SCRAPE_FAILED]
     for _ in range(5):  # far past the stall timeout: the healthy gang keeps running
         d = w.step(60, scrape=refused)
         assert d.events == [] and d.restarts == [] and w.cur().phase == Phase.Running
     w.step(1, scrape=Scrape("sft", 1, {"llmtrain_train_step": 3.0}))
-    unknown = w.cond(state.COND_PROGRESS_UNKNOWN)
+    unknown = w.cond(status.COND_PROGRESS_UNKNOWN)
     assert unknown is not None and unknown.status == "False" and w.cur().progress.step == 3
 
 
@@ -382,7 +383,7 @@ def test_pods_that_cannot_start_say_why_once_per_reason() -> None:
     )
     w.pods["j-sft-a1-1"] = replace(w.pods["j-sft-a1-1"], waiting=unbound)
     d = w.step()
-    c = w.cond(state.COND_PODS_PENDING)
+    c = w.cond(status.COND_PODS_PENDING)
     assert c is not None and (c.status, c.reason) == ("True", "Unschedulable")
     assert c.message == f"stage sft attempt 1: pod j-sft-a1-1: {unbound[1]}"
     assert [e.reason for e in d.events] == ["Unschedulable"]
@@ -392,7 +393,7 @@ def test_pods_that_cannot_start_say_why_once_per_reason() -> None:
     w.run_all()
     w.pods["j-sft-a1-1"] = replace(w.pods["j-sft-a1-1"], waiting=None)
     w.step()
-    c = w.cond(state.COND_PODS_PENDING)
+    c = w.cond(status.COND_PODS_PENDING)
     assert c is not None and c.status == "False" and w.status.phase == Phase.Running
 
 
@@ -402,7 +403,7 @@ def test_pods_of_another_owner_are_never_adopted() -> None:
     d = state.decide(w.job(), [orphan, w.pods["j-sft-a1-1"]], w.now, policy=w.policy)
     assert d.status.phase != Phase.Failed  # its exit 2 is not ours
     # Our rank 0 is gone: a restart, which removes our rank 1 but never the orphan.
-    assert d.restarts == [state.REASON_DELETED] and d.delete_pods == ["j-sft-a1-1"]
+    assert d.restarts == [status.REASON_DELETED] and d.delete_pods == ["j-sft-a1-1"]
 
 
 def test_deadline_fails_and_removes_pods() -> None:
@@ -410,7 +411,7 @@ def test_deadline_fails_and_removes_pods() -> None:
     running(w)
     d = w.step(200)
     assert w.status is not None and w.status.phase == Phase.Failed
-    assert w.cond(state.COND_FAILED).reason == state.REASON_DEADLINE  # type: ignore[union-attr]
+    assert w.cond(status.COND_FAILED).reason == status.REASON_DEADLINE  # type: ignore[union-attr]
     assert d.delete_pods == ["j-sft-a1-0"]  # the head first: its SIGTERM asks for a checkpoint
     assert w.step().delete_pods == ["j-sft-a1-1"]  # then the workers it needed for that
 
@@ -432,7 +433,7 @@ def test_suspend_and_resume_starts_a_new_attempt() -> None:
     w.spec = {"suspend": False}
     d = w.step()
     assert d.ensure == ("sft", 2) and w.cur().restarts == 0
-    assert w.cond(state.COND_SUSPENDED).reason == state.REASON_RESUMED  # type: ignore[union-attr]
+    assert w.cond(status.COND_SUSPENDED).reason == status.REASON_RESUMED  # type: ignore[union-attr]
     running(w)
 
 
@@ -456,8 +457,8 @@ def test_ttl_deletes_the_job_after_it_finished() -> None:
 def test_invalid_spec_is_a_failed_status() -> None:
     st = state.invalid(None, ["spec.stages[0].x: bad"], T0)
     assert st.phase == Phase.Failed
-    c = state.condition(st, state.COND_FAILED)
-    assert c is not None and c.reason == state.REASON_VALIDATION
+    c = status.condition(st, status.COND_FAILED)
+    assert c is not None and c.reason == status.REASON_VALIDATION
     assert c.message == "spec.stages[0].x: bad"
     assert state.invalid(st, ["spec.stages[0].x: bad"], T0 + timedelta(1)) == st
 
@@ -534,7 +535,7 @@ def test_from_pod_reads_labels_exit_code_and_disruption() -> None:
         ],
     }
     assert PodView.from_pod(pending).waiting is None  # type: ignore[union-attr]  # on its way
-    assert state.classify(v).reason == state.REASON_EVICTED
+    assert status.classify(v).reason == status.REASON_EVICTED
     assert PodView.from_pod({"metadata": {"name": "x", "labels": {}}}) is None
 
 
@@ -599,7 +600,7 @@ def test_invariants_hold_under_any_history(events: list[tuple[str, int]]) -> Non
         w.step(secs)
         after = w.status
         assert after is not None
-        if before.phase in state.TERMINAL:
+        if before.phase in status.TERMINAL:
             assert after.phase == before.phase
         for s in after.stages:
             assert s.attempt >= seen.get(s.name, 0)
