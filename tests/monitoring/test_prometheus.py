@@ -11,7 +11,8 @@ chart's ServiceMonitor and PodMonitor give:
   scraped in tests/cluster/test_chart_monitoring.py);
 * real training drivers: `llmtrain worker` runs three short stages of the quickstart's tiny
   model (pretrain, dpo, grpo: between them every §4 metric a CPU can produce), one after
-  the other, each serving /metrics on its own loopback port, as three rank 0 pods would.
+  the other on one local Ray, each serving /metrics on its own loopback port, as three rank
+  0 pods would.
 
 Each dashboard query must return data (a finite value), except the GPU ones: NVIDIA's DCGM
 exporter needs GPUs, and the trainer exports llmtrain_gpu_memory_allocated_bytes only when
@@ -147,14 +148,15 @@ class Workers:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            # Ray's local instance on 127.0.0.1, not the host's address.
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        }
-        env.pop("RAY_ADDRESS", None)
+        from llmtrain.trainer import ray_setup
+
+        # One Ray for the three drivers, as `llmtrain run` has (a pod's is its gang's own);
+        # it exports RAY_ADDRESS and LLMTRAIN_LOCAL_RAY while it runs.
+        with ray_setup.local_head(self.logs / "ray.log"):
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            self._stages(env)
+
+    def _stages(self, env: dict[str, str]) -> None:
         for name, config in self.configs.items():
             if self._stop.is_set():
                 return
