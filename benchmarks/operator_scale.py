@@ -43,54 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llmtrain.operator import api, layout, manifests, uninstall  # noqa: E402
+from tests.cluster.operator_tests import harness  # noqa: E402
 from tests.controlplane import cluster as cp  # noqa: E402
 
 GOALS = {"burst_wall": 1.1, "steady_p99": 1.5, "throughput": 0.9, "pods_per_s": 50, "rss": 100}
-
-
-CLAIM = "bench"
-
-
-def create_storage(core: Any, ns: str) -> None:
-    """The jobs' shared claim in `ns`, bound up front to a PersistentVolume of its own (a
-    gang of several pods needs storage they all mount; kwok mounts nothing)."""
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        _create_volume(core, ns)
-    except ApiException as e:
-        if e.status != 409:  # a namespace of an earlier round on the same control plane
-            raise
-
-
-def _create_volume(core: Any, ns: str) -> None:
-    core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"{CLAIM}-{ns}"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "hostPath": {"path": "/tmp/llmtrain-bench"},
-                "claimRef": {"namespace": ns, "name": CLAIM},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        ns,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": CLAIM},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
-                "volumeName": f"{CLAIM}-{ns}",
-                "storageClassName": "",
-            },
-        },
-    )
 
 
 def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
@@ -108,7 +64,7 @@ def job_body(name: str, ns: str, workers: int) -> dict[str, Any]:
                     "dataset": {"source": "/storage/d.jsonl", "format": "messages"},
                 }
             ],
-            "storage": {"pvc": {"claimName": CLAIM}},
+            "storage": {"pvc": {"claimName": harness.STORAGE_CLAIM}},
             "resources": {
                 "workers": workers,
                 "gpusPerWorker": 0,
@@ -220,7 +176,7 @@ def summary(
 def run_direct(c: Any, core: Any, ns: str, n: int, workers: int, rate: float, threads: int) -> Any:
     """The same ConfigMap, Service and pods per job, created straight from here."""
     c.create_namespace(ns)
-    create_storage(core, ns)
+    harness.bound_claim(c, ns)  # a gang of two pods needs storage they all mount
     pods = PodWatch(core, ns)
     fns = {
         "ConfigMap": core.create_namespaced_config_map,
@@ -292,7 +248,7 @@ def run_operator(
     traced: bool,
 ) -> dict[str, Any]:
     c.create_namespace(ns)
-    create_storage(core, ns)
+    harness.bound_claim(c, ns)  # a gang of two pods needs storage they all mount
     op = start_operator(c, workdir, ns, extra, traced)
     spy = None
     try:

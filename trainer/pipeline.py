@@ -196,7 +196,6 @@ class _LocalRay:
 
     def __init__(self) -> None:
         self.head: ray_setup.LocalHead | None = None
-        self.ready = False
         self.log_file = Path("ray.log")
 
     def launch(self) -> None:
@@ -206,14 +205,13 @@ class _LocalRay:
 
     def start(self) -> None:
         self.launch()
-        if self.head is not None and not self.ready:
+        if self.head is not None:
             self.head.wait()
-            self.ready = True
 
     def stop(self) -> None:
         if self.head is not None:
             self.head.stop()
-        self.head, self.ready = None, False
+        self.head = None
 
 
 _LOCAL_RAY = _LocalRay()

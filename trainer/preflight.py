@@ -55,8 +55,7 @@ def check(init: InitConfig) -> tuple[list[str], list[dict[str, Any]]]:
 def _tokenizer(cfg: StageConfig, cache: dict[str, Any]) -> Any:
     """The stage's tokenizer. A later stage's input model (an earlier stage's final/) does not
     exist yet: its tokenizer is the base model's, which that stage saves alongside."""
-    given = cfg.input_model if cfg.input_model and Path(cfg.input_model).exists() else None
-    source = cfg.model.tokenizer.source or given or cfg.model.source
+    source = _tokenizer_source(cfg)
     if source not in cache:
         cache[str(source)] = models.load_tokenizer(cfg.model_copy(update={"input_model": source}))
     return cache[str(source)]
@@ -96,9 +95,15 @@ def _data(cfg: StageConfig, tok: Any, at: str, fig: dict[str, Any]) -> list[str]
     return out
 
 
+def _tokenizer_source(cfg: StageConfig) -> str | None:
+    given = cfg.input_model if cfg.input_model and Path(cfg.input_model).exists() else None
+    return cfg.model.tokenizer.source or given or cfg.model.source
+
+
 def _same_tokenizer(cfg: StageConfig) -> bool:
     """The driver will load the tokenizer this check used (_tokenizer)."""
-    return bool(cfg.model.tokenizer.source or not cfg.input_model or Path(cfg.input_model).exists())
+    source = _tokenizer_source(cfg)
+    return source is not None and models.tokenizer_dir(source) == models.tokenizer_source(cfg)
 
 
 def _keep(cfg: StageConfig, train: Any, evaluation: Any, report: Any) -> None:

@@ -86,6 +86,9 @@ class LocalHead:
         self.proc = _start(self.port, self.log_file, self.auth, self.temp_dir)
 
     def wait(self) -> str:
+        """Block until the head is ready (launching it if need be); again: its address."""
+        if self.saved is not None:
+            return os.environ["RAY_ADDRESS"]
         if self.proc is None:
             self.launch()
         assert self.proc is not None
