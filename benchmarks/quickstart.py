@@ -39,7 +39,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def phases(job_dir: Path, started: float) -> list[tuple[str, float]]:
+def phases(job_dir: Path, started: float, ended: float) -> list[tuple[str, float]]:
     """(phase, seconds) from the run's own files: run.json per stage and metrics.jsonl."""
     out: list[tuple[str, float]] = []
     stages = json.loads((job_dir / "report.json").read_text())["stages"]
@@ -56,6 +56,7 @@ def phases(job_dir: Path, started: float) -> list[tuple[str, float]]:
         out.append((f"{name}: start-up to first logged step", steps[0] - run["started"]))
         out.append((f"{name}: training", steps[-1] - steps[0]))
         out.append((f"{name}: save, probes, exit", run["finished"] - steps[-1]))
+    out.append(("report, Ray stop, exit", ended - run["finished"]))
     return out
 
 
@@ -67,10 +68,10 @@ def run_quickstart(work: Path) -> tuple[float, list[tuple[str, float]]]:
         [str(llmtrain), "run", str(JOB), "--workdir", str(work)],
         capture_output=True, text=True, env={**env, "TERM": "dumb"},
     )  # fmt: skip
-    wall = time.time() - started
+    ended = time.time()
     if proc.returncode:
         raise SystemExit(f"llmtrain run failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return wall, phases(work / "quickstart", started)
+    return ended - started, phases(work / "quickstart", started, ended)
 
 
 _IN_PROCESS = """

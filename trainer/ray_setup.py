@@ -145,7 +145,9 @@ def _start(
         "--node-ip-address", "127.0.0.1", "--num-cpus", str(os.cpu_count() or 1),
         "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir,
     ]  # fmt: on
-    env = {**os.environ, ENV_LOOPBACK: "0", **auth}
+    # No drain on SIGTERM: Ray would wait up to 30 s for idle worker leases before exiting,
+    # and we stop the head only once no stage is running.
+    env = {**os.environ, ENV_LOOPBACK: "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **auth}
     env.pop("RAY_ADDRESS", None)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w") as log:
