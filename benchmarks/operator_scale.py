@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llmtrain.operator import api, layout, manifests, uninstall  # noqa: E402
+from llmtrain.operator import api, layout, manifests  # noqa: E402
 from tests.cluster.operator_tests import harness  # noqa: E402
 from tests.controlplane import cluster as cp  # noqa: E402
 
@@ -203,6 +203,14 @@ def run_direct(c: Any, core: Any, ns: str, n: int, workers: int, rate: float, th
     return summary(start, due, submitted, pods, workers) | load.done()
 
 
+# The operator image installs no kubernetes client (here a test dependency, pyproject.toml), and
+# kopf imports it whenever it can (30 MiB): hidden, the operator runs as it does in its image.
+AS_IN_IMAGE = (
+    "import runpy, sys; sys.modules['kubernetes'] = None; sys.argv = sys.argv[1:];"
+    " runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+
+
 def start_operator(
     c: Any, workdir: Path, ns: str, extra: list[str], traced: bool
 ) -> subprocess.Popen[bytes]:
@@ -211,10 +219,10 @@ def start_operator(
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
     env.update(KUBECONFIG=str(c.kubeconfig), NO_PROXY="*", no_proxy="*")
-    argv = [str(Path(sys.executable).parent / "llmtrain"), "operator", "--namespace", ns]
+    argv = [sys.executable, "-c", AS_IN_IMAGE, "llmtrain.cli.main", "operator", "--namespace", ns]
     if traced:  # the same, under tracemalloc (benchmarks/traced.py)
         prefix = str(workdir / f"tracemalloc-{ns}")
-        argv = [sys.executable, "-m", "benchmarks.traced", prefix, *argv[1:]]
+        argv[3:4] = ["benchmarks.traced", prefix]
     argv += ["--standalone", "--metrics-bind", "", "--health-bind", f"127.0.0.1:{port}"]
     # No initializer pod: the direct side creates none, and kwok would never finish one.
     argv += ["--no-initializer", *extra]
@@ -285,8 +293,11 @@ def run_operator(
             if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(30)
-    # Without the operator its finalizers stay: release them (as `llmtrain uninstall` does).
-    uninstall.remove_finalizers(custom, [ns])
+    # Without the operator its finalizers stay: release them.
+    llmtrain = str(Path(sys.executable).parent / "llmtrain")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    cleanup = [llmtrain, "cleanup", "--namespace", ns]
+    subprocess.run(cleanup, env={**env, "KUBECONFIG": str(c.kubeconfig)}, check=True)
     c.kubectl("delete", "namespace", ns, "--wait=true", timeout=600, check=False)
     for snap in sorted(workdir.glob(f"tracemalloc-{ns}.*.txt")):
         print(f"{snap}:\n{snap.read_text()}", file=sys.stderr)

@@ -582,18 +582,15 @@ def cleanup(
     """Remove the operator's finalizer from LLMTrainingJobs, so that they and their
     namespaces can be deleted without the operator. Run it only once the operator is
     stopped (the Helm chart runs it when uninstalled); it deletes nothing."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
+    from llmtrain.operator import uninstall
+    from llmtrain.operator.kube import ApiException
 
-    from llmtrain.operator import kube, uninstall
-
-    api_client = kube.api_client(pool=4)
     try:
-        result = uninstall.remove_finalizers(client.CustomObjectsApi(api_client), namespace or [])
+        result = uninstall.cleanup(namespace or [])
+    except uninstall.LoginFailed as e:
+        _fail([str(e)])
     except ApiException as e:
         _fail([f"cannot list LLMTrainingJobs: {e.status} {e.reason}"])
-    finally:
-        api_client.close()  # type: ignore[no-untyped-call]
     for name in result.released:
         out.print(f"released {name}")
     if result.failed:

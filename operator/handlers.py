@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from llmtrain.operator import api, kube, layout, progress
+from llmtrain.operator.kube import ApiException
 from llmtrain.operator.reconcile import Context, Key, Options, reconcile
 
 FINALIZER = "llmtrain.io/operator"  # kopf timers need one, to stop cleanly on deletion
@@ -138,8 +138,8 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> None:
     job = (api.GROUP, api.VERSION, api.PLURAL)
     # kopf passes indices (job_pods) by name; its callback protocols do not list them.
     fn: Any = cast(Any, lambda f: f)
-    # Same credentials as our own client: in-cluster, else the kubeconfig.
-    kopf.on.login(registry=registry)(fn(kopf.login_via_client))
+    # In a pod its ServiceAccount, else the kubeconfig (kube.login).
+    kopf.on.login(registry=registry)(fn(kube.login))
     kopf.on.startup(registry=registry)(fn(ensure_peering))
     kopf.index("pods", labels=labelled, registry=registry, id="job_pods")(fn(index_pods))
     kopf.on.event("pods", labels=labelled, registry=registry)(fn(on_pod_event))

@@ -4,35 +4,39 @@
     body = await kube.get_job("ns", "name")         # None when it is gone
     created = await kube.create(manifest)           # False when it already existed (409)
 
-One client, kopf's: the official client's API classes load every model (about 80 MiB of
-RSS with kubernetes 37) and are synchronous (a thread per call), while kopf already holds
-an aiohttp session with the operator's credentials and logs in again on a 401. Its
-request function is kopf-internal (`kopf._cogs`; kopf is pinned in constraints.txt), so
-it is used here only. Refusals are raised as the official client's ApiException (cheap to
-import), the one error type the rest of the operator handles. Bodies are plain dicts.
+    info = login(settings=settings, logger=log)     # outside kopf (llmtrain cleanup):
+    kube = Kube(settings, kopf_auth.APIContext(info))
+
+One client, kopf's, and no official `kubernetes` client in the operator: its API classes load
+every model (about 30 MiB of RSS, and kopf imports them too whenever the package is
+installed; the operator image does not install it) and are synchronous (a thread per call),
+while kopf already holds an aiohttp session with the operator's credentials and logs in again
+on a 401. Its request function is kopf-internal (`kopf._cogs`; kopf is pinned in
+constraints.txt), so it is used here only. Refusals are raised as ApiException (status,
+reason, the Status body), the one error type the rest of the operator handles. Bodies are
+plain dicts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
+import os
 import urllib.parse
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import kopf
 from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import auth as kopf_auth
 from kopf._cogs.clients import errors as kopf_errors
-from kubernetes.client.exceptions import ApiException
 
 from llmtrain.operator import api
-
-if TYPE_CHECKING:
-    from kubernetes import client
 
 Body = dict[str, Any]
 REQUEST_TIMEOUT = 30.0  # seconds; a hung call must not hold a job's pass forever
@@ -54,20 +58,37 @@ _requests_log = logging.getLogger(__name__ + ".requests")
 _requests_log.setLevel(logging.CRITICAL)
 
 
-def api_client(pool: int = 16) -> client.ApiClient:
-    """The official client (for the CLI): in-cluster credentials when running in a pod (and
-    no KUBECONFIG), else a kubeconfig."""
-    import os
+class ApiException(Exception):  # noqa: N818 (the official client's name, kept for readers)
+    """The apiserver refused a request: its HTTP status, reason and Status body (JSON)."""
 
-    from kubernetes import client, config
+    def __init__(self, status: int | None = None, reason: str | None = None, body: str = ""):
+        super().__init__(f"({status}) {reason}")
+        self.status, self.reason, self.body = status, reason, body
 
-    cfg = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    else:
-        config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    cfg.connection_pool_maxsize = pool
-    return client.ApiClient(cfg)
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def login(*, settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's login handler. In a pod: its ServiceAccount token, at the address in the pod's
+    KUBERNETES_SERVICE_HOST/PORT (as client-go does; kopf's own service-account login needs
+    cluster DNS). Elsewhere a kubeconfig, read by the official client when it is installed
+    (exec plugins, auth providers), else by kopf."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT")
+    token = SERVICE_ACCOUNT / "token"
+    if host and port and token.exists():
+        ca, ns = SERVICE_ACCOUNT / "ca.crt", SERVICE_ACCOUNT / "namespace"
+        return kopf.ConnectionInfo(
+            server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+            ca_path=str(ca) if ca.exists() else None,
+            token=token.read_text().strip() or None,
+            default_namespace=ns.read_text().strip() if ns.exists() else None,
+            trust_env=settings.networking.trust_env,
+        )
+    if importlib.util.find_spec("kubernetes") is not None:
+        return kopf.login_via_client(settings=settings, **kwargs)
+    return kopf.login_with_kubeconfig(settings=settings, **kwargs)
 
 
 def path(prefix: str, plural: str, namespace: str | None, name: str = "", sub: str = "") -> str:
@@ -77,8 +98,15 @@ def path(prefix: str, plural: str, namespace: str | None, name: str = "", sub: s
 
 
 class Kube:
-    def __init__(self, settings: kopf.OperatorSettings, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        settings: kopf.OperatorSettings,
+        context: kopf_auth.APIContext | None = None,
+        concurrency: int = 32,
+    ) -> None:
         self.settings = settings
+        # None inside kopf's handlers, where kopf supplies its logged-in session per call.
+        self.context = context
         # Bounds our requests in flight (kopf's session does not): a burst of jobs queues
         # here rather than as hundreds of connections at the apiserver.
         self._limit = asyncio.Semaphore(concurrency)
@@ -92,6 +120,8 @@ class Kube:
         merge: bool = False,
         **context: Any,
     ) -> Any:
+        if self.context is not None:
+            context.setdefault("context", self.context)
         async with self._limit:
             try:
                 # backoffs=(): no retries here; kopf would retry a 403, which is a refusal.
@@ -119,6 +149,18 @@ class Kube:
                 return None
             raise
         return slim(body)
+
+    async def list_jobs(self, namespace: str | None, limit: int, token: str | None) -> Body:
+        """One page of jobs (every namespace when None): the list body, `metadata.continue`
+        naming the next page."""
+        query: dict[str, Any] = {"limit": limit, **({"continue": token} if token else {})}
+        url = path(JOBS, api.PLURAL, namespace) + "?" + urllib.parse.urlencode(query)
+        page: Body = await self._call("get", url)
+        return page
+
+    async def patch_job(self, namespace: str, name: str, patch: Body) -> None:
+        """A JSON merge patch of the job itself (not its status)."""
+        await self._call("patch", path(JOBS, api.PLURAL, namespace, name), patch, merge=True)
 
     async def patch_job_status(
         self, namespace: str, name: str, status: Body, resource_version: str | None
@@ -154,8 +196,8 @@ class Kube:
         self, group: str, version: str, plural: str, body: Body, namespace: str | None = None
     ) -> None:
         """create_custom() for kopf's startup handlers: kopf logs in only once they are
-        done, so this logs in itself, as kopf will (login_via_client), for this call."""
-        info = kopf.login_via_client(logger=log, settings=self.settings)
+        done, so this logs in itself, as kopf will (login), for this call."""
+        info = login(logger=log, settings=self.settings)
         if info is None:
             raise kopf.PermanentError("no credentials: neither in-cluster nor a kubeconfig")
         context = kopf_auth.APIContext(info)
@@ -230,7 +272,7 @@ def slim(body: Mapping[str, Any]) -> Body:
 
 
 def api_exception(e: kopf_errors.APIError) -> ApiException:
-    """kopf's error as the official client's: status, reason and the Status body."""
+    """kopf's error as ours: status, reason and the Status body."""
     payload = e.args[1] if len(e.args) > 1 and isinstance(e.args[1], dict) else None
     try:
         phrase = HTTPStatus(e.status).phrase

@@ -21,15 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from llmtrain.operator import api, gang, kueue, layout, manifests, progress, state, status
-from llmtrain.operator.kube import Body, Kube
+from llmtrain.operator.kube import ApiException, Body, Kube
 from llmtrain.operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 RECREATE = 10.0  # seconds before creating an attempt's missing pods again
+# Passes of different jobs that run at once. A pass holds its job's parsed model and built
+# manifests while it waits on the apiserver (Kube allows 32 requests in flight): unbounded,
+# a burst of 1,000 new jobs held 1,000 of them at the peak; queued here, a pass holds nothing.
+PASSES = 64
 
 
 @dataclass
@@ -69,7 +72,9 @@ class JobCache:
         rv = body["metadata"].get("resourceVersion")
         if self.echo is not None:
             if rv == self.echo:
-                self.echo = None
+                # The same job as our write's response; keep this copy, whose spec and status
+                # kopf holds anyway (its timer's body), rather than a second one per job.
+                self.echo, self.body = None, body
                 return False
             self.body = None
             return True
@@ -89,6 +94,7 @@ class Context:
     metrics: OperatorMetrics
     caches: dict[Key, JobCache] = field(default_factory=dict)
     pod_views: dict[str, progress.PodView | None] = field(default_factory=dict)  # by pod uid
+    passes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PASSES))
 
     def cache(self, key: Key) -> JobCache:
         return self.caches.setdefault(key, JobCache())
@@ -108,8 +114,9 @@ async def reconcile(
     finally:  # also when cancelled while waiting: later triggers must not be swallowed
         cache.queued = False
     try:
-        scrape, cache.scrape = cache.scrape, False
-        await _reconcile(ctx, cache, namespace, name, list(job_pods.get(key, ())), scrape)
+        async with ctx.passes:  # taken after the job's lock: a queued pass holds no slot
+            scrape, cache.scrape = cache.scrape, False
+            await _reconcile(ctx, cache, namespace, name, list(job_pods.get(key, ())), scrape)
     except Exception:
         ctx.metrics.reconciles.labels(result="error").inc()
         raise

@@ -2,6 +2,7 @@
 
     llmtrain cleanup                        # every namespace: what the Helm chart's
     llmtrain cleanup -n team-a -n team-b    # uninstall hook runs (these namespaces only)
+    result = cleanup(["team-a"])            # the same from Python
 
 Every job carries the `llmtrain.io/operator` finalizer while the operator runs (kopf needs
 it to stop a job's timer cleanly). Without the operator nothing removes it, so deleting a
@@ -16,17 +17,27 @@ operator and its RBAC). The jobs themselves stay, with their pods; delete them a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+import kopf
+from kopf._cogs.clients import auth
 
-from llmtrain.operator import api
 from llmtrain.operator.handlers import FINALIZER
+from llmtrain.operator.kube import ApiException, Kube, login
 
-__all__ = ["FINALIZER", "Result", "finalizer_patch", "remove_finalizers", "without_finalizer"]
+__all__ = [
+    "FINALIZER",
+    "LoginFailed",
+    "Result",
+    "cleanup",
+    "finalizer_patch",
+    "remove_finalizers",
+    "without_finalizer",
+]
 
 Body = dict[str, Any]
 PAGE = 250  # jobs per LIST call
@@ -62,34 +73,24 @@ class Result:
     failed: list[str] = field(default_factory=list)  # "namespace/name: why"
 
 
-def _jobs(custom: client.CustomObjectsApi, namespace: str | None) -> Iterator[Body]:
+async def _jobs(kube: Kube, namespace: str | None) -> AsyncIterator[Body]:
     """Every LLMTrainingJob, in pages; nothing when the CRD is not installed (404)."""
     token: str | None = None
     while True:
-        kwargs: dict[str, Any] = {"limit": PAGE}
-        if token:
-            kwargs["_continue"] = token
         try:
-            if namespace is None:
-                found = custom.list_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.PLURAL, **kwargs
-                )
-            else:
-                found = custom.list_namespaced_custom_object(
-                    api.GROUP, api.VERSION, namespace, api.PLURAL, **kwargs
-                )
+            page = await kube.list_jobs(namespace, PAGE, token)
         except ApiException as e:
             if e.status == 404:
                 return
             raise
-        page = cast(Body, found)
-        yield from page.get("items") or []
+        for job in page.get("items") or []:
+            yield job
         token = (page.get("metadata") or {}).get("continue")
         if not token:
             return
 
 
-def _release(custom: client.CustomObjectsApi, job: Body, result: Result) -> None:
+async def _release(kube: Kube, job: Body, result: Result) -> None:
     meta = job["metadata"]
     ns, name = meta["namespace"], meta["name"]
     for _ in range(ATTEMPTS):
@@ -97,9 +98,7 @@ def _release(custom: client.CustomObjectsApi, job: Body, result: Result) -> None
         if patch is None:
             return
         try:
-            custom.patch_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.PLURAL, name, patch
-            )
+            await kube.patch_job(ns, name, patch)
         except ApiException as e:
             if e.status == 404:
                 return  # gone meanwhile: nothing holds it any more
@@ -107,23 +106,20 @@ def _release(custom: client.CustomObjectsApi, job: Body, result: Result) -> None
                 result.failed.append(f"{ns}/{name}: {e.status} {e.reason}")
                 return
             try:  # it changed since we read it: read it again and recompute
-                job = cast(
-                    Body,
-                    custom.get_namespaced_custom_object(
-                        api.GROUP, api.VERSION, ns, api.PLURAL, name
-                    ),
-                )
+                fresh = await kube.get_job(ns, name)
             except ApiException as e2:
-                if e2.status != 404:
-                    result.failed.append(f"{ns}/{name}: {e2.status} {e2.reason}")
+                result.failed.append(f"{ns}/{name}: {e2.status} {e2.reason}")
                 return
+            if fresh is None:
+                return
+            job = fresh
             continue
         result.released.append(f"{ns}/{name}")
         return
     result.failed.append(f"{ns}/{name}: still changing after {ATTEMPTS} attempts")
 
 
-def remove_finalizers(custom: client.CustomObjectsApi, namespaces: Sequence[str] = ()) -> Result:
+async def remove_finalizers(kube: Kube, namespaces: Sequence[str] = ()) -> Result:
     """Remove our finalizer from every job in `namespaces` (all namespaces when empty).
 
     Raises ApiException when a namespace cannot be listed (e.g. 403): then nothing there
@@ -132,6 +128,31 @@ def remove_finalizers(custom: client.CustomObjectsApi, namespaces: Sequence[str]
     result = Result()
     where: list[str | None] = [*dict.fromkeys(namespaces)] or [None]
     for ns in where:
-        for job in _jobs(custom, ns):
-            _release(custom, job, result)
+        async for job in _jobs(kube, ns):
+            await _release(kube, job, result)
     return result
+
+
+class LoginFailed(Exception):
+    pass
+
+
+def cleanup(namespaces: Sequence[str] = ()) -> Result:
+    """remove_finalizers over a session of its own, logged in as the operator does (kube.login:
+    the ServiceAccount in a pod, as the chart's hook runs, else the kubeconfig)."""
+    return asyncio.run(_cleanup(namespaces))
+
+
+async def _cleanup(namespaces: Sequence[str]) -> Result:
+    settings = kopf.OperatorSettings()
+    try:
+        info = login(settings=settings, logger=logging.getLogger(__name__))
+    except kopf.LoginError as e:
+        raise LoginFailed(f"no credentials: {e}") from None
+    if info is None:
+        raise LoginFailed("no credentials: neither in a pod nor a kubeconfig")
+    context = auth.APIContext(info)
+    try:
+        return await remove_finalizers(Kube(settings, context), namespaces)
+    finally:
+        await context.session.close()

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client.exceptions import ApiException
 
 from llmtrain.operator import api, kube, layout, manifests, progress, reconcile
+from llmtrain.operator.kube import ApiException
 from llmtrain.operator.metrics import OperatorMetrics
 from llmtrain.trainer.contract import StageConfig
 

@@ -1,11 +1,17 @@
 """The operator's small runtime parts without a cluster: metric parsing, its own metrics,
-the status patch, and the per-job cache that lets a pass skip the GET."""
+the status patch, the per-job cache that lets a pass skip the GET, and the login in a pod."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import kopf
+import pytest
 from prometheus_client import generate_latest
 
-from llmtrain.operator import api, progress, reconcile
+from llmtrain.operator import api, kube, progress, reconcile
 from llmtrain.operator.metrics import OperatorMetrics
 
 DRIVER = """\
@@ -82,6 +88,50 @@ def test_slot_awaits_the_echo_of_its_own_write() -> None:
     # An event older than our write: the cache might now be stale, so drop it (GET next).
     assert slot.seen(body("2")) and slot.body is None
     slot.wrote(body("5"))
-    assert not slot.seen(body("5"))  # the echo: no pass needed, the cache stays
-    assert slot.body == body("5") and slot.echo is None
+    echo = body("5")
+    assert not slot.seen(echo)  # the echo: no pass needed
+    assert slot.body is echo and slot.echo is None  # the copy kopf holds too, not a second one
     assert slot.seen(body("6")) and slot.body == body("6")
+
+
+@pytest.mark.parametrize(
+    ("host", "server"),
+    [("10.96.0.1", "https://10.96.0.1:443"), ("fd00::1", "https://[fd00::1]:443")],
+)
+def test_login_in_a_pod_uses_its_service_account_without_dns(
+    tmp_path, monkeypatch, host: str, server: str
+) -> None:
+    (tmp_path / "token").write_text("tok\n")
+    (tmp_path / "ca.crt").write_text("ca")
+    (tmp_path / "namespace").write_text("llmtrain-system")
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    info = kube.login(settings=kopf.OperatorSettings(), logger=None)
+    assert info is not None
+    assert (info.server, info.token, info.ca_path) == (server, "tok", str(tmp_path / "ca.crt"))
+    assert info.default_namespace == "llmtrain-system"
+
+
+@pytest.mark.parametrize("client", [True, False], ids=["official-client", "kopf-only"])
+def test_login_outside_a_pod_reads_the_kubeconfig(tmp_path, client: bool) -> None:
+    """With the kubernetes client installed (the tests' venv) and without it (the image).
+    A fresh process: the client reads KUBECONFIG when it is imported."""
+    config = tmp_path / "config"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: abc}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    code = (
+        ("" if client else "import sys; sys.modules['kubernetes'] = None  # not installed\n")
+        + "import kopf, sys\n"
+        + "from llmtrain.operator import kube\n"
+        + "info = kube.login(settings=kopf.OperatorSettings(), logger=kube.log)\n"
+        + "print(info.server, info.token, sys.modules.get('kubernetes') is not None)\n"
+    )
+    env = {**os.environ, "KUBECONFIG": str(config)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.stdout.split() == ["https://127.0.0.1:6443", "abc", str(client)], r.stderr
