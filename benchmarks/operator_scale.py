@@ -292,12 +292,17 @@ def run_operator(
         for p in (spy, op):
             if p is not None and p.poll() is None:
                 p.terminate()
-                p.wait(30)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:  # e.g. slowed down by tracemalloc
+                    p.kill()
+                    p.wait()
     # Without the operator its finalizers stay: release them.
     llmtrain = str(Path(sys.executable).parent / "llmtrain")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
     cleanup = [llmtrain, "cleanup", "--namespace", ns]
-    subprocess.run(cleanup, env={**env, "KUBECONFIG": str(c.kubeconfig)}, check=True)
+    kubeconfig = {**env, "KUBECONFIG": str(c.kubeconfig)}
+    subprocess.run(cleanup, env=kubeconfig, stdout=subprocess.DEVNULL, check=True)
     c.kubectl("delete", "namespace", ns, "--wait=true", timeout=600, check=False)
     for snap in sorted(workdir.glob(f"tracemalloc-{ns}.*.txt")):
         print(f"{snap}:\n{snap.read_text()}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """The kopf callbacks and their registration; each is a few lines that hand off to a
-reconcile pass (reconcile.py).
+reconcile pass (reconcile.py): the watch events queue one (`trigger`, not awaited, so kopf's
+queues drain at once), the timer runs one.
 
     register(registry, options)          # main.run() does this
 
@@ -22,7 +23,7 @@ import kopf
 
 from llmtrain.operator import api, kube, layout, progress
 from llmtrain.operator.kube import ApiException
-from llmtrain.operator.reconcile import Context, Key, Options, reconcile
+from llmtrain.operator.reconcile import Context, Key, Options, reconcile, trigger
 
 FINALIZER = "llmtrain.io/operator"  # kopf timers need one, to stop cleanly on deletion
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
@@ -52,7 +53,7 @@ async def on_job_event(
         ctx.caches.pop((namespace, name), None)
         return
     if ctx.cache((namespace, name)).seen(kube.slim(body)):
-        await reconcile(ctx, namespace, name, job_pods, scrape=False)
+        trigger(ctx, namespace, name, job_pods)
 
 
 async def on_pod_event(
@@ -73,7 +74,7 @@ async def on_pod_event(
         if ctx.pod_views.get(uid) == view:
             return  # e.g. the scheduler binding it: nothing the state machine looks at
         ctx.pod_views[uid] = view
-    await reconcile(ctx, namespace, labels[layout.LABEL_JOB], job_pods, scrape=False)
+    trigger(ctx, namespace, labels[layout.LABEL_JOB], job_pods)
 
 
 async def on_workload_event(
@@ -85,7 +86,7 @@ async def on_workload_event(
 ) -> None:
     """Kueue admitted or evicted a job's Workload (kueue.py): act on it now, not at the
     next resync."""
-    await reconcile(memo.ctx, namespace, labels[layout.LABEL_JOB], job_pods, scrape=False)
+    trigger(memo.ctx, namespace, labels[layout.LABEL_JOB], job_pods)
 
 
 async def on_timer(

@@ -96,6 +96,8 @@ def run(
         log.info("standby: another replica is active; forgetting per-job state and metrics")
         metrics.forget_jobs()
         ctx.caches.clear()  # cached job bodies would be stale when this replica resumes
+        for task in list(ctx.tasks):  # queued passes (reconcile.trigger) are ours to stop
+            task.cancel()
 
     peering_log = logging.getLogger(PauseWatch.LOGGER)
     peering_log.addHandler(PauseWatch(paused))

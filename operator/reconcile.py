@@ -1,6 +1,7 @@
 """One reconcile pass of one job: read, decide (state.py), write the status, apply.
 
-    await reconcile(ctx, "ns", "job", job_pods, scrape=True)   # handlers.py calls this
+    await reconcile(ctx, "ns", "job", job_pods, scrape=True)   # handlers.py: the timer
+    trigger(ctx, "ns", "job", job_pods)                         # a watch event: queue a pass
 
 Passes of a job run one at a time (`JobCache.lock`); triggers that arrive while a pass waits
 fold into it. A pass reads the job (from the cache, else the apiserver), decides, writes the
@@ -95,9 +96,29 @@ class Context:
     caches: dict[Key, JobCache] = field(default_factory=dict)
     pod_views: dict[str, progress.PodView | None] = field(default_factory=dict)  # by pod uid
     passes: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PASSES))
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # trigger()'s passes
 
     def cache(self, key: Key) -> JobCache:
         return self.caches.setdefault(key, JobCache())
+
+
+def trigger(ctx: Context, namespace: str, name: str, job_pods: Mapping[Key, Any]) -> None:
+    """Queue a pass of the job and return at once (the watch-event handlers): kopf's worker
+    for the object moves on to its next event instead of waiting for the pass, so in a
+    burst events do not pile up in kopf's queues (each a whole decoded object) while
+    passes wait their turn. A failed pass is logged; the next event or resync retries it."""
+    if ctx.cache((namespace, name)).queued:
+        return  # a pass is already waiting; it reads the state after this event anyway
+    task = asyncio.create_task(_logged(reconcile(ctx, namespace, name, job_pods, scrape=False)))
+    ctx.tasks.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(ctx.tasks.discard)
+
+
+async def _logged(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        log.exception("a reconcile pass failed; the next event or resync retries it")
 
 
 async def reconcile(
@@ -111,16 +132,21 @@ async def reconcile(
     cache.queued = True
     try:
         await cache.lock.acquire()
+        try:
+            await ctx.passes.acquire()  # after the job's lock: a queued pass holds no slot
+        except BaseException:
+            cache.lock.release()
+            raise
     finally:  # also when cancelled while waiting: later triggers must not be swallowed
         cache.queued = False
     try:
-        async with ctx.passes:  # taken after the job's lock: a queued pass holds no slot
-            scrape, cache.scrape = cache.scrape, False
-            await _reconcile(ctx, cache, namespace, name, list(job_pods.get(key, ())), scrape)
+        scrape, cache.scrape = cache.scrape, False
+        await _reconcile(ctx, cache, namespace, name, list(job_pods.get(key, ())), scrape)
     except Exception:
         ctx.metrics.reconciles.labels(result="error").inc()
         raise
     finally:
+        ctx.passes.release()
         cache.lock.release()
     ctx.metrics.reconciles.labels(result="ok").inc()
 
@@ -137,7 +163,10 @@ async def _reconcile(
     if body is None:
         body = cache.body = await ctx.kube.get_job(namespace, name)
         cache.echo = None
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    if body is None:  # deleted: its DELETED event may have dropped the cache already
+        ctx.caches.pop((namespace, name), None)
+        return
+    if body["metadata"].get("deletionTimestamp"):
         return
     old = _status(body)
     defaults, policy = ctx.options.job_defaults, ctx.options.policy
