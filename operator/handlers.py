@@ -1,6 +1,6 @@
 """The kopf callbacks and their registration; each is a few lines that hand off to a
-reconcile pass (reconcile.py): the watch events queue one (`trigger`, not awaited, so kopf's
-queues drain at once), the timer runs one.
+reconcile pass (reconcile.py): the job's events and the timer run one; events of its pods and
+Workloads queue one (`trigger`, not awaited, so kopf's per-pod queues drain at once).
 
     register(registry, options)          # main.run() does this
 
@@ -52,8 +52,13 @@ async def on_job_event(
         ctx.metrics.job_phase(namespace, name, None)
         ctx.caches.pop((namespace, name), None)
         return
+    if _awaits_finalizer(body):
+        # kopf adds its finalizer once this returns, with a resourceVersion test, as our
+        # status writes carry one: racing, each voided the other's write (three attempts per
+        # job in a burst). Its event brings the first pass instead.
+        return
     if ctx.cache((namespace, name)).seen(kube.slim(body)):
-        trigger(ctx, namespace, name, job_pods)
+        await reconcile(ctx, namespace, name, job_pods, scrape=False)
 
 
 async def on_pod_event(
@@ -97,6 +102,16 @@ async def on_timer(
     **_: Any,
 ) -> None:
     await reconcile(memo.ctx, namespace, name, job_pods, scrape=True)
+
+
+def _awaits_finalizer(body: kopf.Body) -> bool:
+    """kopf is about to add its finalizer (the timer needs one): a new job, as a rule."""
+    meta = body.metadata
+    return (
+        FINALIZER not in (meta.get("finalizers") or ())
+        and not meta.get("deletionTimestamp")
+        and _needs_timer(body.spec, body.status)
+    )
 
 
 def _needs_timer(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:

@@ -1,7 +1,7 @@
 """One reconcile pass of one job: read, decide (state.py), write the status, apply.
 
-    await reconcile(ctx, "ns", "job", job_pods, scrape=True)   # handlers.py: the timer
-    trigger(ctx, "ns", "job", job_pods)                         # a watch event: queue a pass
+    await reconcile(ctx, "ns", "job", job_pods, scrape=True)   # handlers.py: the timer, job events
+    trigger(ctx, "ns", "job", job_pods)                         # a pod's event: queue a pass
 
 Passes of a job run one at a time (`JobCache.lock`); triggers that arrive while a pass waits
 fold into it. A pass reads the job (from the cache, else the apiserver), decides, writes the
@@ -103,10 +103,10 @@ class Context:
 
 
 def trigger(ctx: Context, namespace: str, name: str, job_pods: Mapping[Key, Any]) -> None:
-    """Queue a pass of the job and return at once (the watch-event handlers): kopf's worker
-    for the object moves on to its next event instead of waiting for the pass, so in a
-    burst events do not pile up in kopf's queues (each a whole decoded object) while
-    passes wait their turn. A failed pass is logged; the next event or resync retries it."""
+    """Queue a pass of the job and return at once (events of its pods and Workloads): kopf's
+    worker for the pod moves on to its next event instead of waiting for the job's pass, so
+    in a burst events do not pile up in kopf's queues (each a whole decoded pod) while passes
+    wait their turn. A failed pass is logged; the next event or resync retries it."""
     if ctx.cache((namespace, name)).queued:
         return  # a pass is already waiting; it reads the state after this event anyway
     task = asyncio.create_task(_logged(reconcile(ctx, namespace, name, job_pods, scrape=False)))
