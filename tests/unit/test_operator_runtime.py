@@ -135,3 +135,19 @@ def test_login_outside_a_pod_reads_the_kubeconfig(tmp_path, client: bool) -> Non
     env.pop("KUBERNETES_SERVICE_HOST", None)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.stdout.split() == ["https://127.0.0.1:6443", "abc", str(client)], r.stderr
+
+
+@pytest.mark.parametrize(
+    ("meta", "status", "awaits"),
+    [
+        ({}, {}, True),  # new: kopf adds its finalizer first, then the first pass runs
+        ({"finalizers": ["llmtrain.io/operator"]}, {}, False),
+        ({"deletionTimestamp": "2026-12-01T00:00:00Z"}, {}, False),
+        ({}, {"phase": "Succeeded"}, False),  # no timer, so kopf adds no finalizer
+    ],
+)
+def test_a_new_job_waits_for_kopfs_finalizer(meta, status, awaits: bool) -> None:
+    from llmtrain.operator import handlers
+
+    body = kopf.Body({"metadata": {"name": "j", **meta}, "spec": {}, "status": status})
+    assert handlers._awaits_finalizer(body) is awaits
