@@ -9,12 +9,14 @@ model through the trainer's own code (models.load_pretrained, 4-bit for QLoRA, t
 adapters.apply), resets the kernel's high-water mark (`5` to /proc/self/clear_refs) and runs
 three optimizer steps as the HF Trainer does (forward with labels, backward, clipping, AdamW,
 zero_grad). The peak is VmHWM minus the VmRSS noted before loading: weights, gradients,
-optimizer state and activations of this model, on the CPU allocator.
+optimizer state and activations of this model, on the CPU allocator (glibc's mmap threshold
+fixed, so that freed blocks do not linger in the heap).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +65,13 @@ def _stage(mode: str, out: str) -> Any:
 def test_estimate_is_within_25_percent_of_the_measured_peak(mode: str, tmp_path: Path) -> None:
     from llmtrain.trainer import memory
 
+    # glibc raises its mmap threshold as large blocks are freed, so how much of the peak is
+    # heap left over from before varied from run to run (ratio 0.74-1.01 for full). Fixed,
+    # every large block comes from mmap and goes back when freed: VmHWM is the live peak,
+    # the same in every run.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     proc = subprocess.run(
-        [sys.executable, __file__, mode, str(tmp_path)], capture_output=True, text=True
+        [sys.executable, __file__, mode, str(tmp_path)], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
