@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llmtrain.operator.manifests import CONTAINER_SECURITY, POD_SECURITY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "llmtrain"
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "llmtrain"
 IMPORTS = "import torch, ray, deepspeed, transformers, peft, trl, bitsandbytes"
 
 
@@ -288,5 +290,22 @@ def test_chart_with_the_operator_image_gives_a_ready_operator(
         [operator] = pods["items"]
         assert operator["spec"]["containers"][0]["image"] == real_cluster.operator_image
         assert all(c["ready"] for c in operator["status"]["containerStatuses"])
+        # The image has no kubernetes client: the operator logs in with its ServiceAccount
+        # (kube.login) and kopf puts its finalizer on a job; the uninstall hook, the same image
+        # as another ServiceAccount, takes it off (a TTL keeps the timer, so the finalizer).
+        job = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+        job["metadata"]["namespace"] = ns
+        job["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 3600}
+        apply(real_cluster, ns, job)
+
+        def finalizers() -> list[str]:
+            out = real_cluster.kubectl(
+                "get", "llmtj", job["metadata"]["name"], "-n", ns, "-o", "json"
+            )
+            return list(json.loads(out)["metadata"].get("finalizers") or [])
+
+        real_cluster.wait_for("the operator's finalizer", lambda: bool(finalizers()), 60)
+        real_cluster.helm("uninstall", release, "--namespace", ns, "--wait", timeout=200)
+        assert finalizers() == [], "the uninstall hook left the finalizer"
     finally:
         real_cluster.helm("uninstall", release, "--namespace", ns, "--wait", check=False)
