@@ -211,14 +211,19 @@ AS_IN_IMAGE = (
 )
 
 
+def _kubeconfig_env(c: Any) -> dict[str, str]:
+    """This environment, pointed at the test control plane only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    return {**env, "KUBECONFIG": str(c.kubeconfig)}
+
+
 def start_operator(
     c: Any, workdir: Path, ns: str, extra: list[str], traced: bool
 ) -> subprocess.Popen[bytes]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    env.update(KUBECONFIG=str(c.kubeconfig), NO_PROXY="*", no_proxy="*")
+    env = {**_kubeconfig_env(c), "NO_PROXY": "*", "no_proxy": "*"}
     argv = [sys.executable, "-c", AS_IN_IMAGE, "llmtrain.cli.main", "operator", "--namespace", ns]
     if traced:  # the same, under tracemalloc (benchmarks/traced.py)
         prefix = str(workdir / f"tracemalloc-{ns}")
@@ -298,11 +303,8 @@ def run_operator(
                     p.kill()
                     p.wait()
     # Without the operator its finalizers stay: release them.
-    llmtrain = str(Path(sys.executable).parent / "llmtrain")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    cleanup = [llmtrain, "cleanup", "--namespace", ns]
-    kubeconfig = {**env, "KUBECONFIG": str(c.kubeconfig)}
-    subprocess.run(cleanup, env=kubeconfig, stdout=subprocess.DEVNULL, check=True)
+    cleanup = [str(Path(sys.executable).parent / "llmtrain"), "cleanup", "--namespace", ns]
+    subprocess.run(cleanup, env=_kubeconfig_env(c), stdout=subprocess.DEVNULL, check=True)
     c.kubectl("delete", "namespace", ns, "--wait=true", timeout=600, check=False)
     for snap in sorted(workdir.glob(f"tracemalloc-{ns}.*.txt")):
         print(f"{snap}:\n{snap.read_text()}", file=sys.stderr)
