@@ -254,11 +254,15 @@ class Kube:
             raise
         return True
 
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete a child object with its default grace period; gone already is fine."""
+    async def delete(
+        self, kind: str, namespace: str, name: str, grace_seconds: int | None = None
+    ) -> None:
+        """Delete a child object, with its own grace period unless `grace_seconds` says
+        otherwise; gone already is fine."""
         prefix, plural = KINDS[kind]
+        options = None if grace_seconds is None else {"gracePeriodSeconds": grace_seconds}
         try:
-            await self._call("delete", path(prefix, plural, namespace, name))
+            await self._call("delete", path(prefix, plural, namespace, name), options)
         except ApiException as e:
             if e.status != 404:
                 raise

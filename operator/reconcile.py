@@ -34,6 +34,8 @@ RECREATE = 10.0  # seconds before creating an attempt's missing pods again
 # manifests while it waits on the apiserver (Kube allows 32 requests in flight): unbounded,
 # a burst of 1,000 new jobs held 1,000 of them at the peak; queued here, a pass holds nothing.
 PASSES = 64
+# A Ray worker pod's grace once its head has exited (its sidecars get as long).
+WORKER_GRACE_SECONDS = 2
 
 
 @dataclass
@@ -305,7 +307,14 @@ async def _apply(
     it refused to create (the job then waits, and retries after RECREATE)."""
     ns, kube = layout.namespace_of(job), ctx.kube
     refused: list[str] = []
-    deletions = [kube.delete("Pod", ns, n) for n in d.delete_pods]
+    # A worker pod goes only once its head has (state._unwanted): nothing is left for it
+    # to do, and Ray's SIGTERM drain would wait 30 s on the gone head before the next gang
+    # (or the retry) could have its resources.
+    ranks = {p.name: p.rank for p in pods}
+    deletions = [
+        kube.delete("Pod", ns, n, WORKER_GRACE_SECONDS if ranks.get(n, 0) else None)
+        for n in d.delete_pods
+    ]
     for stage, attempt in d.delete_attempts:
         name = layout.attempt_name(job.metadata.name, stage, attempt)
         deletions += [kube.delete("Service", ns, name), kube.delete("ConfigMap", ns, name)]

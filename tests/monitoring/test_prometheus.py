@@ -100,7 +100,9 @@ def _stage_configs(tmp: Path, ports: dict[str, int]) -> dict[str, Path]:
                 "format": "preference",
             },
             "dpo": {"beta": 0.1},
-            "hyperparameters": {**common, "maxSteps": 4, "batchSize": 4},
+            # The preference gauges exist from the first log on and the driver stops serving
+            # when training ends: 4 steps (2-3 s) were sometimes never scraped.
+            "hyperparameters": {**common, "maxSteps": 16, "batchSize": 4},
         },
         "grpo": {
             "type": "grpo",

@@ -10,9 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,34 @@ class Harness:
             "get", "pods", "-n", self.ns, "-o", "json", *(["-l", selector] if selector else [])
         )
         return {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
+
+    @contextlib.contextmanager
+    def watch_pod(self, name: str, jsonpath: str) -> Iterator[list[str]]:
+        """`jsonpath` of every version of pod `name` a watch sees while the block runs, a
+        line each (kwok removes a deleted pod at once: how it was deleted shows only on
+        the way)."""
+        c = self.cluster
+        argv = [str(c.bin_dir / "kubectl"), f"--kubeconfig={c.kubeconfig}", "get", "pod", name,
+                "-n", self.ns, "--watch", "-o", f"jsonpath={jsonpath}{{\"\\n\"}}"]  # fmt: skip
+        proc = subprocess.Popen(
+            c._argv(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=c._env(),
+            text=True,
+        )
+        seen: list[str] = []
+        reader = threading.Thread(
+            target=lambda: seen.extend(ln.rstrip("\n") for ln in proc.stdout or [])
+        )
+        reader.start()
+        try:
+            wait_until("the watch's first line", lambda: seen, timeout=15)
+            yield seen
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            reader.join(10)
 
     def pod_names(self, job: str) -> set[str]:
         return set(self.pods(f"llmtrain.io/job={job}"))

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from llmtrain.operator.manifests import TERMINATION_GRACE_SECONDS
 from tests.cluster.operator_tests.harness import Harness, free_port, wait_until
 from tests.cluster.operator_tests.kueue_fixture import kueue  # noqa: F401  (fixture)
 
@@ -216,10 +217,13 @@ def test_higher_priority_preempts_a_running_job_which_checkpoints_and_resumes(
 
     high = queued_job(h, "high")
     high["spec"]["resources"]["priorityClassName"] = f"{h.ns}-high"
-    h.apply(high)
-    st = h.wait_phase("low", "Suspended")
-    assert st["reason"] == "Preempted"
-    wait_until("head terminating", lambda: h.pods()[head]["metadata"].get("deletionTimestamp"))
+    with h.watch_pod(head, "{.metadata.deletionGracePeriodSeconds}") as graces:
+        h.apply(high)
+        st = h.wait_phase("low", "Suspended")
+        assert st["reason"] == "Preempted"
+        wait_until("head terminating", lambda: h.pods()[head]["metadata"].get("deletionTimestamp"))
+    # ... with its whole grace period to checkpoint in (kwok, as the kubelet, then ends it).
+    assert [g for g in graces if g][:1] == [str(TERMINATION_GRACE_SECONDS)], graces
     time.sleep(2)  # the gang waits for its head's checkpoint; the preemptor waits for the gang
     assert gang("low", "sft", 1) <= set(h.pods()) and not h.pod_names("high")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from llmtrain.operator.reconcile import WORKER_GRACE_SECONDS
 from tests.cluster.operator_tests.harness import Harness, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -80,10 +81,14 @@ def test_job_runs_stage_by_stage_to_success(start_operator: Any, h: Harness, dri
     driver.close()
 
     # Rank 0 succeeds: the other pod goes, the next stage starts from this stage's output.
-    h.end_pod("chat-sft-a1-0", "Succeeded")
+    # The worker goes with a short grace, as its head has (Ray's SIGTERM drain would wait
+    # 30 s on the gone head before the next gang had its resources).
+    with h.watch_pod("chat-sft-a1-1", "{.metadata.deletionGracePeriodSeconds}") as graces:
+        h.end_pod("chat-sft-a1-0", "Succeeded")
+        h.wait_gone({"chat-sft-a1-1"})
+    assert [g for g in graces if g][:1] == [str(WORKER_GRACE_SECONDS)], graces
     dpo = {"chat-dpo-a1-0", "chat-dpo-a1-1"}
     h.wait_pods(dpo)
-    h.wait_gone({"chat-sft-a1-1"})
     assert "chat-sft-a1-0" in h.pods()  # the finished driver stays for its logs
     cfg = json.loads(h.cluster.get("configmap", "chat-dpo-a1", h.ns)["data"]["stage.json"])
     assert cfg["inputModel"] == "/storage/chat/sft/final"
