@@ -369,6 +369,9 @@ class Cluster:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--allocate-node-cidrs=false",
+            # A claim seen before its pre-bound PV waits for the binder's resync (15 s by
+            # default): most of each cluster test's setup. Resyncing every second costs little.
+            "--pvclaimbinder-sync-period=1s",
         ])
         sched = self._proc("kube-scheduler", [
             str(b / "kube-scheduler"),

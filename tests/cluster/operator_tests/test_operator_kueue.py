@@ -252,6 +252,9 @@ def test_a_stage_hand_off_queues_the_next_stage_behind_waiting_jobs(
     h.wait_pods(gang("chain", "sft", 1))
     h.apply(queued_job(h, "waiting"))
     h.wait_phase("waiting", "Queued")
+    # Kueue orders by creation time in whole seconds, and a tie goes either way: the dpo
+    # Workload must be created at least a second after waiting's (it went first once).
+    time.sleep(1)
 
     h.end_pod("chain-sft-a1-0", "Succeeded")
     # The dpo stage queues afresh, behind the job that was already waiting.
