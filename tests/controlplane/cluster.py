@@ -433,13 +433,20 @@ class Cluster:
         kubeconfig: Path | None = None, timeout: float = 60,
     ) -> str:
         """Run kubectl against this cluster and return stdout; raises KubectlError."""
-        argv = [str(self.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}",
-                *args]
-        proc = subprocess.run(self._argv(argv), input=input, capture_output=True, text=True,
-                              env=self._env(), timeout=timeout)
+        proc = subprocess.run(self._kubectl_argv(args, kubeconfig), input=input,
+                              capture_output=True, text=True, env=self._env(), timeout=timeout)
         if check and proc.returncode != 0:
             raise KubectlError(args, proc.returncode, proc.stdout, proc.stderr)
         return proc.stdout
+
+    def kubectl_popen(self, *args: str) -> subprocess.Popen[str]:
+        """kubectl started against this cluster, its stdout a text pipe (a --watch, say)."""
+        return subprocess.Popen(self._kubectl_argv(args), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=self._env(), text=True)
+
+    def _kubectl_argv(self, args: Sequence[str], kubeconfig: Path | None = None) -> list[str]:
+        return self._argv([str(self.bin_dir / "kubectl"),
+                           f"--kubeconfig={kubeconfig or self.kubeconfig}", *args])
 
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         """Run helm v3 against this cluster, with its caches inside the workdir."""

@@ -288,15 +288,8 @@ class Harness:
         """`jsonpath` of every version of pod `name` a watch sees while the block runs, a
         line each (kwok removes a deleted pod at once: how it was deleted shows only on
         the way)."""
-        c = self.cluster
-        argv = [str(c.bin_dir / "kubectl"), f"--kubeconfig={c.kubeconfig}", "get", "pod", name,
-                "-n", self.ns, "--watch", "-o", f"jsonpath={jsonpath}{{\"\\n\"}}"]  # fmt: skip
-        proc = subprocess.Popen(
-            c._argv(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=c._env(),
-            text=True,
+        proc = self.cluster.kubectl_popen(
+            "get", "pod", name, "-n", self.ns, "--watch", "-o", f'jsonpath={jsonpath}{{"\\n"}}'
         )
         seen: list[str] = []
         reader = threading.Thread(
